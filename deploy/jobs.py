@@ -1,0 +1,97 @@
+"""The jobs behind the CLI: train-and-register, and evaluate a registered policy.
+
+These sit at the top of the stack (they use fleet, workers, learner and the registry); the
+CLI only parses arguments and calls one of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from deploy.artifact import PolicyArtifact
+from deploy.registry import Registry, git_commit
+from learner.config import Config, ConfigError, load_config
+from learner.evaluation import EvalResult, meta_evaluate
+from learner.trainer import TrainResult, make_learner, robot_of, task_distribution, train
+from workers.pool import make_pool
+
+
+@dataclass
+class TrainJobResult:
+    train: TrainResult
+    model_name: str
+    model_version: str
+
+
+def meta_policy_artifact(cfg: Config, result: TrainResult) -> PolicyArtifact:
+    """Everything a robot or `fleet eval` needs to run and adapt the meta-policy."""
+    weights = result.learner.policy_weights(f"{result.run_id}/it{result.iterations}")
+    return PolicyArtifact.build(
+        weights,
+        kind="meta-policy",
+        family=cfg.fleet.family,
+        robot=robot_of(cfg).to_dict(),
+        spaces=result.spaces,
+        algorithm=cfg.learner.algorithm,
+        adaptation={"inner_lr": cfg.learner.inner_lr, "gamma": cfg.learner.gamma,
+                    "gae_lambda": cfg.learner.gae_lambda, "inner_steps": cfg.learner.inner_steps},
+        fleet=cfg.fleet.model_dump(mode="json"),
+        learner=cfg.learner.model_dump(mode="json"),
+        run_id=result.run_id,
+        code_version=git_commit(),
+    )
+
+
+def run_training(cfg: Config, resume_run_id: str | None = None) -> TrainJobResult:
+    """Train (or resume), then register the meta-policy with its figures as tags."""
+    result = train(cfg, resume_run_id)
+    tracker = result.tracker
+    try:
+        summary = result.final_eval.summary()
+        tags = {"family": cfg.fleet.family, "algorithm": cfg.learner.algorithm, "kind": "meta-policy",
+                "git_commit": git_commit(), "robot": cfg.fleet.robot, "env_steps": result.env_steps,
+                "iterations": result.iterations}
+        for k, s in summary.items():
+            tags[f"eval_return_step{k}"] = f"{s['return_mean']:.3f}"
+            tags[f"eval_return_step{k}_stderr"] = f"{s['return_stderr']:.3f}"
+            tags[f"eval_success_step{k}"] = f"{s['success_mean']:.3f}"
+        registry = Registry(tracker.uri)
+        artifact = meta_policy_artifact(cfg, result)
+        version = registry.publish(cfg.tracking.registered_model, artifact, result.run_id, tags, aliases=("candidate",))
+        tracker.set_tags({"registered_model": cfg.tracking.registered_model, "registered_version": version})
+    except BaseException:
+        tracker.close("FAILED")
+        raise
+    tracker.close()
+    return TrainJobResult(result, cfg.tracking.registered_model, version)
+
+
+def config_of_run(run_id: str, overrides: list[str], tracking_uri: str | None = None) -> Config:
+    """The resolved config a run logged (for --resume), with new overrides applied."""
+    import tempfile
+
+    import mlflow
+    import yaml
+
+    from learner.tracking import resolve_tracking_uri
+
+    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config.yaml", dst_path=tempfile.mkdtemp())
+    except Exception as exc:
+        raise ConfigError(f"cannot resume run {run_id!r}: its config.yaml is not available ({exc})") from None
+    with open(path) as handle:
+        return load_config(data=yaml.safe_load(handle), overrides=overrides)
+
+
+def evaluate_model(uri: str, split: str = "test", steps: tuple[int, ...] = (0, 1, 2, 3), episodes: int = 10,
+                   num_tasks: int = 10, backend: str = "ray", num_workers: int = 2, seed: int = 0) -> EvalResult:
+    """Meta-evaluate a registered (or local) policy on its family's held-out tasks."""
+    artifact = Registry().load(uri)
+    manifest = artifact.manifest
+    cfg = load_config(data={"fleet": manifest["fleet"], "learner": {**manifest["learner"], "device": "cpu"}})
+    learner = make_learner(artifact.weights.spec, cfg.learner)
+    learner.policy.load_weights(artifact.weights)
+    tasks = task_distribution(cfg).tasks(split)[:num_tasks]
+    with make_pool(backend, num_workers) as pool:
+        return meta_evaluate(learner, pool, tasks, robot_of(cfg), steps, episodes, cfg.fleet.horizon, seed=seed)

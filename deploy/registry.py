@@ -1,0 +1,109 @@
+"""The MLflow model registry for policies: publish with tags and aliases, resolve and pull
+with sha256 verification. MLflow stores no content digest, so we keep our own (manifest +
+version tag) and check both on every pull."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from deploy.artifact import PolicyArtifact
+from learner.tracking import resolve_tracking_uri
+
+MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w\-]+))$")
+
+
+class RegistryError(LookupError):
+    """A model URI that does not resolve (unknown model, version or alias)."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    uri: str
+    source: str
+    name: str | None = None
+    version: str | None = None
+    sha256: str | None = None
+    tags: dict | None = None
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class Registry:
+    """Policies as MLflow registered-model versions.
+
+    >>> reg = Registry()                                   # MLFLOW_TRACKING_URI or sqlite:///mlflow.db
+    >>> version = reg.publish("reach-maml", artifact, run_id, tags={...}, aliases=["candidate"])
+    >>> artifact = reg.load("models:/reach-maml@candidate")
+    """
+
+    def __init__(self, uri: str | None = None):
+        self.uri = resolve_tracking_uri(uri)
+        self.client = MlflowClient(self.uri, self.uri)
+
+    def publish(self, name: str, artifact: PolicyArtifact, run_id: str, tags: dict | None = None,
+                aliases: tuple[str, ...] = ()) -> str:
+        """Log the artifact into `run_id` under `policy/` and register it as a new version."""
+        with tempfile.TemporaryDirectory() as tmp:
+            digest = artifact.save(tmp)
+            self.client.log_artifacts(run_id, tmp, "policy")
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/policy"
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException as exc:
+            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+                raise
+        all_tags = {k: str(v) for k, v in (tags or {}).items()} | {"weights_sha256": digest}
+        version = self.client.create_model_version(name, source=source, run_id=run_id, tags=all_tags)
+        for alias in aliases:
+            self.client.set_registered_model_alias(name, alias, version.version)
+        return str(version.version)
+
+    def resolve(self, uri: str) -> ResolvedModel:
+        """`models:/name/3`, `models:/name@alias`, `runs:/<id>/policy` or a local directory."""
+        match = MODELS_URI.match(uri)
+        if match:
+            name = match["name"]
+            try:
+                if match["version"]:
+                    mv = self.client.get_model_version(name, match["version"])
+                else:
+                    mv = self.client.get_model_version_by_alias(name, match["alias"])
+            except MlflowException as exc:
+                raise RegistryError(f"{uri}: {_short(exc)}") from None
+            return ResolvedModel(uri, mv.source, name, str(mv.version), mv.tags.get("weights_sha256"), dict(mv.tags))
+        if uri.startswith("runs:/") or Path(uri).is_dir():
+            return ResolvedModel(uri, uri)
+        if uri.startswith("models:/"):
+            raise RegistryError(f"{uri!r} is not a model URI; expected models:/NAME/VERSION or models:/NAME@ALIAS")
+        raise RegistryError(f"{uri!r}: no such directory; expected a policy directory, "
+                            "models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/policy")
+
+    def download(self, resolved: ResolvedModel, dst: str | Path | None = None) -> Path:
+        if Path(resolved.source).is_dir():
+            return Path(resolved.source)
+        dst = Path(dst or tempfile.mkdtemp(prefix="metafleet-pull-"))
+        mlflow.set_tracking_uri(self.uri)
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=resolved.source, dst_path=str(dst)))
+
+    def load(self, uri: str) -> PolicyArtifact:
+        """Resolve, download and verify (manifest digest and the version's sha256 tag)."""
+        resolved = self.resolve(uri)
+        return PolicyArtifact.load(self.download(resolved), expected_sha256=resolved.sha256)
+
+
+def _short(exc: MlflowException) -> str:
+    return str(exc.message if hasattr(exc, "message") else exc).splitlines()[0]

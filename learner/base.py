@@ -1,0 +1,155 @@
+"""The MetaLearner interface and what gradient-based learners share: data preparation
+(baseline + GAE + per-task advantage normalisation), batched adaptation, weights, state.
+
+The calling loop (see learner/trainer.py):
+
+    weights = learner.policy_weights(version)                 # theta -> workers
+    support = pool.sample(support_requests, {version: weights})
+    adapted = learner.adapt(support, version)                 # one PolicyWeights per task
+    query = pool.sample(query_requests, {w.version: w for w in adapted})
+    metrics = learner.update(support, query)
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from learner.adaptation import Params, TaskData, adapt_batched, log_prob, unstack
+from learner.config import LearnerConfig
+from learner.losses import (
+    discounted_returns,
+    gae,
+    linear_baseline_values,
+    masked_mean,
+    normalize_advantages,
+    ppo_clip_loss,
+)
+from learner.networks import GaussianMLPPolicy, RunningNormalizer, gaussian_entropy
+from workers.batch import Batch
+from workers.policy import PolicySpec, PolicyWeights
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("learner.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+class MetaLearner(abc.ABC):
+    """Holds theta, adapts it per task, and updates it from support/query batches."""
+
+    algorithm: str = "base"
+
+    def __init__(self, spec: PolicySpec, config: LearnerConfig):
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.policy = GaussianMLPPolicy(spec, config.init_std).to(self.device)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.outer_lr)
+        self.normalizer = RunningNormalizer(spec.obs_dim)
+
+    # ---- the interface -------------------------------------------------------------------
+    @abc.abstractmethod
+    def adapt_for_training(self, support: Sequence[Batch], version: str) -> list[PolicyWeights]:
+        """Per-task policies to collect query episodes with during meta-training."""
+
+    @abc.abstractmethod
+    def update(self, support: Sequence[Batch], query: Sequence[Batch]) -> dict[str, float]:
+        """One meta-update of theta; returns scalar metrics."""
+
+    # ---- shared machinery ----------------------------------------------------------------
+    def params(self) -> Params:
+        return dict(self.policy.named_parameters())
+
+    def policy_weights(self, version: str) -> PolicyWeights:
+        return self.policy.to_weights(version)
+
+    def adapt(
+        self, support: Sequence[Batch], version: str, params: Params | None = None, steps: int = 1
+    ) -> tuple[Params, list[PolicyWeights]]:
+        """Adapt theta (or per-task `params` [N, ...]) on each task's support batch, without
+        tracking gradients; returns stacked params and one PolicyWeights per task."""
+        data = self.prepare(support)
+        with torch.no_grad():
+            adapted = adapt_batched(
+                self.policy,
+                self.params() if params is None else params,
+                data,
+                self.config.inner_lr,
+                steps=steps,
+                first_order=True,
+                per_task_params=params is not None,
+            )
+        adapted = {k: v.detach() for k, v in adapted.items()}
+        weights = [
+            self.policy.to_weights(f"{version}/task{i}", p) for i, p in enumerate(unstack(adapted))
+        ]
+        return adapted, weights
+
+    def prepare(self, batches: Sequence[Batch]) -> TaskData:
+        """Stack batches into [N, E, H, ...] tensors with per-task normalised GAE advantages."""
+        cfg = self.config
+        stacked = {key: np.stack([getattr(b, key) for b in batches]) for key in ("obs", "actions", "logp", "rewards", "mask")}
+        t = {k: torch.as_tensor(v, dtype=torch.float32, device=self.device) for k, v in stacked.items()}
+        returns = discounted_returns(t["rewards"], t["mask"], cfg.gamma)
+        values = torch.stack(
+            [linear_baseline_values(o, r, m) for o, r, m in zip(t["obs"], returns, t["mask"])]
+        )
+        adv = gae(t["rewards"], values, t["mask"], cfg.gamma, cfg.gae_lambda)
+        adv = torch.stack([normalize_advantages(a, m) for a, m in zip(adv, t["mask"])])
+        return {"obs": t["obs"], "actions": t["actions"], "logp_old": t["logp"], "adv": adv, "mask": t["mask"]}
+
+    def observe(self, batches: Sequence[Batch]) -> None:
+        """Fold new observations into the normaliser (applied from the next policy version)."""
+        for batch in batches:
+            self.normalizer.update(batch.obs[batch.mask > 0])
+        with torch.no_grad():
+            self.policy.obs_mean.copy_(torch.as_tensor(self.normalizer.mean, dtype=torch.float32))
+            self.policy.obs_std.copy_(torch.as_tensor(self.normalizer.std, dtype=torch.float32))
+
+    def ppo_terms(self, params: Params, data: TaskData) -> tuple[torch.Tensor, torch.Tensor]:
+        """One task's PPO-clip loss and approximate KL(old || new) under `params`."""
+        logp = log_prob(self.policy, params, data["obs"], data["actions"])
+        loss = ppo_clip_loss(logp, data["logp_old"], data["adv"], data["mask"], self.config.clip)
+        return loss, masked_mean(data["logp_old"] - logp, data["mask"])
+
+    def ppo_step(self, task_losses: torch.Tensor, task_kls: torch.Tensor) -> dict[str, float]:
+        """Uniformly weighted task losses minus the entropy bonus -> one optimiser step."""
+        entropy = gaussian_entropy(self.policy.log_std)
+        grad_norm = self.step_optimizer(task_losses.mean() - self.config.entropy_coef * entropy)
+        return {
+            "outer_loss": float(task_losses.detach().mean()),
+            "kl": float(task_kls.detach().mean()),
+            "entropy": float(entropy.detach()),
+            "grad_norm": grad_norm,
+            "policy_std": float(torch.exp(self.policy.log_std.detach()).mean()),
+        }
+
+    def step_optimizer(self, loss: torch.Tensor) -> float:
+        """Backward + optional global grad-norm clip + Adam step; returns the grad norm."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        return float(norm)
+
+    def state_dict(self) -> dict:
+        return {
+            "algorithm": self.algorithm,
+            "policy": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "normalizer": self.normalizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["algorithm"] != self.algorithm:
+            raise ValueError(f"checkpoint is for {state['algorithm']!r}, not {self.algorithm!r}")
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.normalizer.load_state_dict(state["normalizer"])

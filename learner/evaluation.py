@@ -1,0 +1,114 @@
+"""Meta-evaluation: on held-out tasks, return and success after 0..k adaptation steps.
+
+As in MAML's protocol, step k+1 adapts the step-k policy on the episodes it just collected,
+then collects fresh episodes with the adapted policy. Figures are mean +/- standard error over
+tasks (each task's figure is its mean over episodes).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fleet.robots import RobotSpec
+from fleet.tasks import Task
+from learner.base import MetaLearner
+from workers.batch import SampleRequest
+from workers.pool import WorkerPool
+
+
+def request_seed(*keys: int) -> int:
+    """A 32-bit seed derived from a tuple of ints (run seed, iteration, task, phase, ...)."""
+    return int(np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in keys]).generate_state(1)[0])
+
+
+def stderr(values: Sequence[float]) -> float:
+    values = np.asarray(values, np.float64)
+    return float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
+
+
+@dataclass
+class EvalResult:
+    """Per adaptation step: per-task mean returns and success rates."""
+
+    steps: list[int]
+    task_ids: list[str]
+    returns: dict[int, list[float]] = field(default_factory=dict)
+    successes: dict[int, list[float]] = field(default_factory=dict)
+    env_steps: int = 0
+
+    def summary(self) -> dict[int, dict[str, float]]:
+        return {
+            k: {
+                "return_mean": float(np.mean(self.returns[k])),
+                "return_stderr": stderr(self.returns[k]),
+                "success_mean": float(np.mean(self.successes[k])),
+                "success_stderr": stderr(self.successes[k]),
+            }
+            for k in self.steps
+        }
+
+    def metrics(self, prefix: str = "eval") -> dict[str, float]:
+        """Flat MLflow metrics: eval/return_step1, eval/return_step1_stderr, ..."""
+        out = {}
+        for k, s in self.summary().items():
+            out[f"{prefix}/return_step{k}"] = s["return_mean"]
+            out[f"{prefix}/return_step{k}_stderr"] = s["return_stderr"]
+            out[f"{prefix}/success_step{k}"] = s["success_mean"]
+            out[f"{prefix}/success_step{k}_stderr"] = s["success_stderr"]
+        return out
+
+    def table(self) -> str:
+        """A plain-text table, one row per adaptation step."""
+        lines = [f"{'steps':>5}  {'return':>18}  {'success':>15}"]
+        for k, s in self.summary().items():
+            lines.append(
+                f"{k:>5}  {s['return_mean']:>9.2f} ± {s['return_stderr']:<6.2f}  "
+                f"{s['success_mean']:>6.2f} ± {s['success_stderr']:<5.2f}"
+            )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "steps": self.steps,
+            "task_ids": self.task_ids,
+            "summary": {str(k): v for k, v in self.summary().items()},
+            "per_task_returns": {str(k): v for k, v in self.returns.items()},
+            "per_task_success": {str(k): v for k, v in self.successes.items()},
+            "env_steps": self.env_steps,
+        }
+
+
+def meta_evaluate(
+    learner: MetaLearner,
+    pool: WorkerPool,
+    tasks: Sequence[Task],
+    robot: RobotSpec,
+    steps: Sequence[int] = (0, 1, 2, 3),
+    episodes: int = 10,
+    horizon: int = 50,
+    seed: int = 0,
+    version: str = "eval",
+) -> EvalResult:
+    """Evaluate theta and its 1..max(steps) step adaptations on `tasks` (no theta update)."""
+    result = EvalResult(steps=list(steps), task_ids=[t.task_id for t in tasks])
+    theta_weights = learner.policy_weights(f"{version}/theta")
+    weights = {t.task_id: theta_weights for t in tasks}
+    params = None
+    for k in range(max(steps) + 1):
+        requests = [
+            SampleRequest(t, robot, weights[t.task_id].version, episodes, horizon, request_seed(seed, k, i, 7), "eval")
+            for i, t in enumerate(tasks)
+        ]
+        batches = pool.sample(requests, {w.version: w for w in weights.values()})
+        result.env_steps += sum(b.num_steps for b in batches)
+        if k in steps:
+            result.returns[k] = [b.mean_return() for b in batches]
+            result.successes[k] = [b.success_rate() for b in batches]
+        if k < max(steps):
+            params, adapted = learner.adapt(batches, f"{version}/step{k + 1}", params=params)
+            weights = {t.task_id: w for t, w in zip(tasks, adapted)}
+    return result

@@ -1,0 +1,33 @@
+"""MAML for RL (Finn et al. 2017) with a ProMP-style outer objective (Rothfuss et al. 2019):
+inner = policy gradient on support episodes, outer = PPO-clip on query episodes through
+phi_i(theta), differentiated to second order unless `first_order`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from learner.adaptation import adapt_batched, batched
+from learner.base import MetaLearner
+from workers.batch import Batch
+from workers.policy import PolicyWeights
+
+
+class MAML(MetaLearner):
+    """Model-agnostic meta-learning; `config.first_order` drops the second-order terms."""
+
+    algorithm = "maml"
+
+    def adapt_for_training(self, support: Sequence[Batch], version: str) -> list[PolicyWeights]:
+        return self.adapt(support, version, steps=self.config.inner_steps)[1]
+
+    def update(self, support: Sequence[Batch], query: Sequence[Batch]) -> dict[str, float]:
+        cfg = self.config
+        support_data, query_data = self.prepare(support), self.prepare(query)
+        for _ in range(cfg.ppo_epochs):
+            # phi_i(theta) is recomputed every epoch: the outer gradient flows through it.
+            adapted = adapt_batched(
+                self.policy, self.params(), support_data, cfg.inner_lr, cfg.inner_steps, cfg.first_order
+            )
+            losses, kls = batched(self.ppo_terms)(adapted, query_data)
+            metrics = self.ppo_step(losses, kls)
+        return metrics

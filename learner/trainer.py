@@ -1,0 +1,222 @@
+"""The meta-training loop: tasks -> support -> adapt -> query -> update -> track/checkpoint.
+
+>>> result = train(load_config("configs/reach-maml.yaml"))
+>>> result.final_eval.table()
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import fleet
+from fleet.robots import RobotSpec
+from fleet.tasks import TaskDistribution
+from learner.base import MetaLearner
+from learner.checkpoint import load_latest, save_checkpoint
+from learner.config import Config, LearnerConfig
+from learner.evaluation import EvalResult, meta_evaluate, request_seed
+from learner.maml import MAML
+from learner.mtppo import MultiTaskPPO
+from learner.plots import adaptation_figure
+from learner.progress import Progress
+from learner.tracking import Tracker, check_tracking_uri, resolve_tracking_uri
+from workers.batch import Batch, SampleRequest
+from workers.policy import PolicySpec
+from workers.pool import WorkerPool, make_pool
+
+log = logging.getLogger(__name__)
+LEARNERS: dict[str, type[MetaLearner]] = {"maml": MAML, "mtppo": MultiTaskPPO}
+SUPPORT, QUERY = 1, 2
+
+
+def make_learner(spec: PolicySpec, config: LearnerConfig) -> MetaLearner:
+    return LEARNERS[config.algorithm](spec, config)
+
+
+def env_spaces(cfg: Config) -> tuple[PolicySpec, dict]:
+    """Build one env to read its spaces: the policy spec and a JSON description."""
+    env = fleet.make_env(cfg.fleet.family, robot_of(cfg), cfg.fleet.horizon)
+    try:
+        obs, act = env.observation_space, env.action_space
+        spaces = {
+            "observation": {"shape": list(obs.shape), "low": obs.low.tolist(), "high": obs.high.tolist(), "dtype": str(obs.dtype)},
+            "action": {"shape": list(act.shape), "low": act.low.tolist(), "high": act.high.tolist(), "dtype": str(act.dtype)},
+        }
+    finally:
+        env.close()
+    spec = PolicySpec(int(np.prod(obs.shape)), int(np.prod(act.shape)), tuple(cfg.learner.hidden_sizes))
+    return spec, spaces
+
+
+def robot_of(cfg: Config) -> RobotSpec:
+    return RobotSpec(robot_id=cfg.fleet.robot_id, model=cfg.fleet.robot)
+
+
+def task_distribution(cfg: Config) -> TaskDistribution:
+    f = cfg.fleet
+    return TaskDistribution(f.family, f.num_train_tasks, f.num_test_tasks, seed=f.task_seed)
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    learner: MetaLearner
+    final_eval: EvalResult
+    first_eval: EvalResult | None
+    spaces: dict
+    iterations: int
+    env_steps: int
+    wall_seconds: float
+    tracker: Tracker | None = None
+
+
+class Trainer:
+    """Owns one job's state; `run()` trains to `train.iterations`, resuming from a checkpoint."""
+
+    def __init__(self, cfg: Config, pool: WorkerPool, tracker: Tracker, spec: PolicySpec, spaces: dict):
+        self.cfg, self.pool, self.tracker, self.spaces = cfg, pool, tracker, spaces
+        torch.manual_seed(cfg.train.seed)
+        self.learner = make_learner(spec, cfg.learner)
+        self.tasks = task_distribution(cfg)
+        self.robot = robot_of(cfg)
+        self.iteration, self.env_steps, self.wall_seconds = 0, 0, 0.0
+        self.checkpoint_dir = Path(cfg.tracking.checkpoint_dir) / tracker.run_id
+        self.eval_tasks = self.tasks.tasks("test")[: cfg.train.eval_tasks]
+        self.first_eval: EvalResult | None = None
+
+    # ---- one meta-iteration ----------------------------------------------------------------
+    def iterate(self) -> dict[str, float]:
+        cfg, it = self.cfg, self.iteration
+        started = time.perf_counter()
+        tasks = self.tasks.sample(cfg.train.meta_batch_size, "train")
+        version = f"it{it}"
+        support = self.pool.sample(self._requests(tasks, version, SUPPORT), {version: self.learner.policy_weights(version)})
+        adapted = self.learner.adapt_for_training(support, version)
+        query_requests = self._requests(tasks, [w.version for w in adapted], QUERY)
+        query = self.pool.sample(query_requests, {w.version: w for w in adapted})
+        sampled = time.perf_counter()
+        metrics = self.learner.update(support, query)
+        self.learner.observe([*support, *query])
+        done = time.perf_counter()
+        steps = sum(b.num_steps for b in [*support, *query])
+        self.env_steps += steps
+        self.wall_seconds += done - started
+        self.iteration += 1
+        return {**metrics, **batch_metrics(support, query), "env_steps": self.env_steps,
+                "env_steps_per_s": steps / max(sampled - started, 1e-9),
+                "sample_seconds": sampled - started, "learn_seconds": done - sampled}
+
+    def _requests(self, tasks, versions, phase: int) -> list[SampleRequest]:
+        cfg = self.cfg
+        versions = versions if isinstance(versions, list) else [versions] * len(tasks)
+        return [
+            SampleRequest(task, self.robot, v, cfg.train.episodes_per_task, cfg.fleet.horizon,
+                          request_seed(cfg.train.seed, self.iteration, i, phase),
+                          "support" if phase == SUPPORT else "query")
+            for i, (task, v) in enumerate(zip(tasks, versions))
+        ]
+
+    def evaluate(self) -> EvalResult:
+        t = self.cfg.train
+        return meta_evaluate(self.learner, self.pool, self.eval_tasks, self.robot, t.eval_steps,
+                             t.eval_episodes, self.cfg.fleet.horizon, seed=t.seed + 1_000_003,
+                             version=f"eval{self.iteration}")
+
+    # ---- state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"iteration": self.iteration, "env_steps": self.env_steps, "wall_seconds": self.wall_seconds,
+                "learner": self.learner.state_dict(), "tasks": self.tasks.get_state(),
+                "torch_rng": torch.get_rng_state(), "config": self.cfg.to_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.iteration, self.env_steps = int(state["iteration"]), int(state["env_steps"])
+        self.wall_seconds = float(state["wall_seconds"])
+        self.learner.load_state_dict(state["learner"])
+        self.tasks.set_state(state["tasks"])
+        torch.set_rng_state(state["torch_rng"])
+
+    def save(self) -> Path:
+        path = save_checkpoint(self.checkpoint_dir, self.iteration, self.state_dict(), self.cfg.train.keep_checkpoints)
+        self.tracker.log_artifact(path, "checkpoints")
+        return path
+
+    def restore(self) -> bool:
+        """Load the newest readable checkpoint (local, else the run's MLflow copy)."""
+        found = load_latest(self.checkpoint_dir)
+        if found is None:
+            remote = self.tracker.download("checkpoints")
+            found = load_latest(remote) if remote else None
+        if found is None:
+            return False
+        self.load_state_dict(found[0])
+        log.info("resumed from %s at iteration %d", found[1], self.iteration)
+        return True
+
+    # ---- the loop --------------------------------------------------------------------------
+    def run(self, out: Progress | None = None) -> TrainResult:
+        cfg = self.cfg.train
+        progress = out or Progress(cfg.iterations, start=self.iteration)
+        if self.iteration == 0 and cfg.eval_every > 0:
+            self.first_eval = self.evaluate()
+            self.tracker.log_metrics(self.first_eval.metrics(), step=0)
+            progress.line("held-out tasks before meta-training:\n" + self.first_eval.table())
+        while self.iteration < cfg.iterations:
+            metrics = self.iterate()
+            self.tracker.log_metrics(metrics, step=self.iteration)
+            progress.update(self.iteration, f"return pre {metrics['pre_return']:.1f} post {metrics['post_return']:.1f}"
+                            f" | success {metrics['pre_success']:.2f}->{metrics['post_success']:.2f}"
+                            f" | {metrics['env_steps_per_s']:.0f} steps/s")
+            if cfg.eval_every and self.iteration % cfg.eval_every == 0 and self.iteration < cfg.iterations:
+                self.tracker.log_metrics(self.evaluate().metrics(), step=self.iteration)
+            if self.iteration % cfg.checkpoint_every == 0 or self.iteration == cfg.iterations:
+                self.save()
+        final = self.evaluate()
+        self.tracker.log_metrics(final.metrics(), step=self.iteration)
+        self.tracker.log_dict(final.to_dict(), "eval/final.json")
+        self.tracker.log_figure(adaptation_figure(final, self.first_eval, self.cfg.name), "eval/adaptation.png")
+        return TrainResult(self.tracker.run_id, self.learner, final, self.first_eval, self.spaces,
+                           self.iteration, self.env_steps, self.wall_seconds)
+
+
+def batch_metrics(support: list[Batch], query: list[Batch]) -> dict[str, float]:
+    return {
+        "pre_return": float(np.mean([b.mean_return() for b in support])),
+        "post_return": float(np.mean([b.mean_return() for b in query])),
+        "pre_success": float(np.mean([b.success_rate() for b in support])),
+        "post_success": float(np.mean([b.success_rate() for b in query])),
+    }
+
+
+def train(cfg: Config, resume_run_id: str | None = None, pool: WorkerPool | None = None,
+          progress: Progress | None = None) -> TrainResult:
+    """Run (or resume) one training job; the MLflow run stays open (`result.tracker`) so the
+    caller can register the policy into it, then close it."""
+    uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
+    check_tracking_uri(uri)
+    spec, spaces = env_spaces(cfg)  # a broken env fails here, before any worker starts
+    tracker = Tracker(uri, cfg.tracking.experiment, run_id=resume_run_id, run_name=cfg.name)
+    own_pool = pool is None
+    try:
+        tracker.log_params(cfg.flat())
+        tracker.log_text(cfg.to_yaml(), "config.yaml")
+        split = task_distribution(cfg)
+        tracker.log_dict({name: [t.to_dict() for t in split.tasks(name)] for name in ("train", "test")}, "tasks.json")
+        pool = pool or make_pool(cfg.workers.backend, cfg.workers.num_workers)
+        trainer = Trainer(cfg, pool, tracker, spec, spaces)
+        if resume_run_id is not None and not trainer.restore():
+            log.warning("run %s has no checkpoint yet; starting from iteration 0", resume_run_id)
+        result = trainer.run(progress)
+        result.tracker = tracker
+    except BaseException:
+        tracker.close("FAILED")
+        raise
+    finally:
+        if own_pool and pool is not None:
+            pool.close()
+    return result

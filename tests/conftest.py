@@ -1,0 +1,27 @@
+"""Shared fixtures: one real local Ray (127.0.0.1, 2 CPUs) per session, MLflow in tmp sqlite."""
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray bound to 127.0.0.1, shared by the session's integration tests."""
+    import ray
+
+    from workers.ray_pool import init_ray
+
+    os.environ.pop("RAY_ADDRESS", None)
+    init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, monkeypatch):
+    """A fresh sqlite tracking + registry store in tmp; the CWD moves there too."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri

@@ -1,0 +1,55 @@
+"""Shared fakes: a tiny, fast goal-hidden 2D point env (MAML's navigation task) and helpers."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+
+from fleet.robots import RobotSpec
+from fleet.tasks import Task
+from workers.policy import PolicySpec
+
+
+class PointEnv(gym.Env):
+    """A point at the origin must move to a hidden goal in [-0.5, 0.5]^2. obs = position."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, horizon: int = 20):
+        self.horizon = horizon
+        self.observation_space = gym.spaces.Box(-2.0, 2.0, (2,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.goal = np.zeros(2, np.float32)
+        self.pos = np.zeros(2, np.float32)
+        self.t = 0
+
+    def set_task(self, params: dict) -> None:
+        self.goal = np.asarray(params["goal"], np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        if options and "task" in options:
+            self.set_task(options["task"])
+        self.pos = self.np_random.uniform(-0.01, 0.01, 2).astype(np.float32)
+        self.t = 0
+        return self.pos.copy(), {}
+
+    def step(self, action):
+        action = np.nan_to_num(np.clip(np.asarray(action, np.float32), -1, 1))
+        self.pos = np.clip(self.pos + 0.1 * action, -2, 2).astype(np.float32)
+        self.t += 1
+        dist = float(np.linalg.norm(self.pos - self.goal))
+        return self.pos.copy(), -dist, False, self.t >= self.horizon, {"success": dist < 0.1, "distance": dist}
+
+
+def point_env_factory(family: str, robot: RobotSpec, horizon: int) -> gym.Env:
+    return PointEnv(horizon)
+
+
+POINT_SPEC = PolicySpec(obs_dim=2, act_dim=2, hidden_sizes=(32, 32))
+ROBOT = RobotSpec()
+
+
+def point_tasks(n: int, seed: int = 0, split: str = "train") -> list[Task]:
+    rng = np.random.default_rng(seed)
+    return [Task("point", f"point/{split}/{i}", {"goal": rng.uniform(-0.5, 0.5, 2).tolist()}) for i in range(n)]

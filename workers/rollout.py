@@ -1,0 +1,55 @@
+"""A pure rollout: step a group of envs in lockstep with one batched policy call per step."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import gymnasium as gym
+import numpy as np
+
+from workers.policy import NumpyGaussianPolicy
+
+
+def rollout(
+    envs: Sequence[gym.Env],
+    policy: NumpyGaussianPolicy,
+    task_params: dict,
+    horizon: int,
+    seed: int,
+    deterministic: bool = False,
+) -> dict[str, np.ndarray]:
+    """Run one episode per env on the same task; return [E, H, ...] arrays.
+
+    Env resets and action noise are drawn from `seed` alone, so the same call gives the same
+    arrays on any worker. Steps after an env ends are padding (mask 0).
+    """
+    n = len(envs)
+    seeds = np.random.SeedSequence(seed)
+    env_seeds, noise_seed = seeds.generate_state(n), seeds.spawn(1)[0]
+    rng = np.random.default_rng(noise_seed)
+    obs = np.stack([env.reset(seed=int(s), options={"task": task_params})[0] for env, s in zip(envs, env_seeds)])
+    obs = obs.astype(np.float32)
+    act_dim = policy.spec.act_dim
+    out = {
+        "obs": np.zeros((n, horizon, obs.shape[1]), np.float32),
+        "actions": np.zeros((n, horizon, act_dim), np.float32),
+        "logp": np.zeros((n, horizon), np.float32),
+        "rewards": np.zeros((n, horizon), np.float32),
+        "mask": np.zeros((n, horizon), np.float32),
+        "success": np.zeros(n, bool),
+    }
+    alive = np.ones(n, bool)
+    for t in range(horizon):
+        actions, logp = policy.sample(obs, rng, deterministic)
+        out["obs"][:, t], out["actions"][:, t], out["logp"][:, t] = obs, actions, logp
+        out["mask"][:, t] = alive
+        for i in np.flatnonzero(alive):
+            next_obs, reward, terminated, truncated, info = envs[i].step(actions[i])
+            obs[i] = next_obs
+            out["rewards"][i, t] = reward
+            out["success"][i] = bool(info.get("success", False))
+            if terminated or truncated:
+                alive[i] = False
+        if not alive.any():
+            break
+    return out

@@ -1,0 +1,92 @@
+"""RolloutWorker: many envs, batched numpy inference, stamped batches. Ray-agnostic.
+
+The same class runs in-process (LocalWorkerPool) and as a Ray actor (RayWorkerPool).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+
+import gymnasium as gym
+
+from fleet.robots import RobotSpec
+from workers.batch import Batch, SampleRequest
+from workers.policy import NumpyGaussianPolicy, PolicyWeights
+from workers.rollout import rollout
+
+EnvFactory = Callable[[str, RobotSpec, int], gym.Env]
+
+
+def default_env_factory(family: str, robot: RobotSpec, horizon: int) -> gym.Env:
+    """Build a fleet env (imported lazily so the worker module stays light)."""
+    import fleet
+
+    return fleet.make_env(family, robot, horizon)
+
+
+class RolloutWorker:
+    """Serves `SampleRequest`s with envs it keeps between calls.
+
+    >>> worker = RolloutWorker(worker_id=0)
+    >>> [batch] = worker.sample([request], {request.policy_version: weights})
+    """
+
+    def __init__(self, worker_id: int = 0, env_factory: EnvFactory | None = None):
+        self.worker_id = worker_id
+        self._env_factory = env_factory or default_env_factory
+        self._envs: dict[tuple, list[gym.Env]] = {}
+        self._seq = 0
+
+    def sample(self, requests: Sequence[SampleRequest], weights: dict[str, PolicyWeights]) -> list[Batch]:
+        """One batch per request, in request order.
+
+        Policies are rebuilt from `weights` on every call (cheap) rather than cached by version
+        string, so a reused version name can never serve stale weights.
+        """
+        policies: dict[str, NumpyGaussianPolicy] = {}
+        for request in requests:
+            version = request.policy_version
+            if version not in policies:
+                if version not in weights:
+                    raise KeyError(f"no weights sent for policy version {version!r}; have {sorted(weights)}")
+                policies[version] = NumpyGaussianPolicy(weights[version])
+        return [self._serve(request, policies[request.policy_version]) for request in requests]
+
+    def sample_flat(self, requests: Sequence[SampleRequest], versions: Sequence[str], *weights) -> list[Batch]:
+        """`sample` with weights as positional args, so Ray resolves their ObjectRefs for us."""
+        return self.sample(requests, dict(zip(versions, weights)))
+
+    def ping(self) -> dict:
+        return {"worker_id": self.worker_id, "pid": os.getpid(), "seq": self._seq}
+
+    def close(self) -> None:
+        for envs in self._envs.values():
+            for env in envs:
+                env.close()
+        self._envs.clear()
+
+    def _serve(self, request: SampleRequest, policy: NumpyGaussianPolicy) -> Batch:
+        envs = self._envs_for(request.task.family, request.robot, request.horizon, request.episodes)
+        start = time.perf_counter()
+        arrays = rollout(envs, policy, request.task.params, request.horizon, request.seed, request.deterministic)
+        elapsed = time.perf_counter() - start
+        self._seq += 1
+        batch = Batch(
+            **arrays,
+            task=request.task,
+            robot=request.robot,
+            policy_version=request.policy_version,
+            phase=request.phase,
+            worker_id=self.worker_id,
+            seq=self._seq,
+        )
+        batch.stats = {"sample_seconds": elapsed, "env_steps": batch.num_steps}
+        return batch
+
+    def _envs_for(self, family: str, robot: RobotSpec, horizon: int, count: int) -> list[gym.Env]:
+        envs = self._envs.setdefault((family, robot, horizon), [])
+        while len(envs) < count:
+            envs.append(self._env_factory(family, robot, horizon))
+        return envs[:count]

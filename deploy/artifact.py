@@ -9,6 +9,7 @@ no code from the registry, no torch/Ray/pybullet needed on the robot side.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,8 @@ class PolicyArtifact:
     @classmethod
     def build(cls, weights: PolicyWeights, **manifest) -> PolicyArtifact:
         """`manifest` keys: spaces, family, robot, algorithm, adaptation, task_distribution, ..."""
-        return cls(weights, {"format": FORMAT, "policy": weights.spec.to_dict(), "version": weights.version, **manifest})
+        header = {"format": FORMAT, "policy": weights.spec.to_dict(), "version": weights.version}
+        return cls(weights, {**header, **manifest})
 
     def save(self, directory: str | Path) -> str:
         """Write both files; returns the weights' sha256 (also stored in the manifest)."""
@@ -84,7 +86,7 @@ def check_schema(spec: PolicySpec, arrays: dict[str, np.ndarray]) -> None:
     sizes = [spec.obs_dim, *spec.hidden_sizes]
     expected = {"obs_mean": (spec.obs_dim,), "obs_std": (spec.obs_dim,), "log_std": (spec.act_dim,),
                 "mean_head.weight": (spec.act_dim, sizes[-1]), "mean_head.bias": (spec.act_dim,)}
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         expected[f"hidden.{i}.weight"], expected[f"hidden.{i}.bias"] = (b, a), (b,)
     if set(arrays) != set(expected):
         raise ArtifactError(f"weights arrays {sorted(arrays)} do not match the manifest's network {sorted(expected)}")

@@ -77,7 +77,9 @@ def config_of_run(run_id: str, overrides: list[str], tracking_uri: str | None = 
 
     mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
     try:
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config.yaml", dst_path=tempfile.mkdtemp())
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path="config.yaml", dst_path=tempfile.mkdtemp()
+        )
     except Exception as exc:
         raise ConfigError(f"cannot resume run {run_id!r}: its config.yaml is not available ({exc})") from None
     with open(path) as handle:

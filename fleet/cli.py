@@ -65,7 +65,10 @@ def cmd_train(args) -> int:
 
     try:
         if args.resume:
-            cfg = config_of_run(args.resume, args.overrides) if not args.config else load_config(args.config, args.overrides)
+            if args.config:
+                cfg = load_config(args.config, args.overrides)
+            else:
+                cfg = config_of_run(args.resume, args.overrides)
         elif not args.config:
             return _bad_input("train needs a CONFIG file (or --resume RUN_ID)")
         else:

@@ -124,7 +124,7 @@ class TaskDistribution:
         dist.set_state(state)                    # later: the same next samples
     """
 
-    def __init__(self, family: str, num_train: int, num_test: int, seed: int) -> None:
+    def __init__(self, family: str, num_train: int, num_test: int, seed: int, sampler_seed: int | None = None) -> None:
         self.family = get_family(family)
         for name, value, minimum in (("num_train", num_train, 1), ("num_test", num_test, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -138,7 +138,8 @@ class TaskDistribution:
         test_params = self._draw_disjoint(np.random.default_rng(test_seq), num_test, train_params)
         self.train_tasks: tuple[Task, ...] = self._make_tasks("train", train_params)
         self.test_tasks: tuple[Task, ...] = self._make_tasks("test", test_params)
-        self._rng = np.random.default_rng(sampler_seq)
+        # The split depends on `seed` only; `sampler_seed` varies the sampling order (training seeds).
+        self._rng = np.random.default_rng(sampler_seq if sampler_seed is None else [seed, sampler_seed])
 
     def _draw_disjoint(
         self, rng: np.random.Generator, count: int, train_params: list[dict[str, Any]]

@@ -95,7 +95,8 @@ class MetaLearner(abc.ABC):
     def prepare(self, batches: Sequence[Batch]) -> TaskData:
         """Stack batches into [N, E, H, ...] tensors with per-task normalised GAE advantages."""
         cfg = self.config
-        stacked = {key: np.stack([getattr(b, key) for b in batches]) for key in ("obs", "actions", "logp", "rewards", "mask")}
+        keys = ("obs", "actions", "logp", "rewards", "mask")
+        stacked = {key: np.stack([getattr(b, key) for b in batches]) for key in keys}
         t = {k: torch.as_tensor(v, dtype=torch.float32, device=self.device) for k, v in stacked.items()}
         returns = discounted_returns(t["rewards"], t["mask"], cfg.gamma)
         values = torch.stack(

@@ -116,7 +116,7 @@ class Config(_Strict):
 
     def flat(self) -> dict[str, object]:
         """`section.key -> value` for MLflow params."""
-        return {f"{s}.{k}" if isinstance(v, dict) else s: v for s, v in _flat_items(self.to_dict())}
+        return dict(_flat_items(self.to_dict()))
 
 
 def _flat_items(data: dict):

@@ -3,6 +3,7 @@ observation normaliser whose statistics travel with the weights."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -24,7 +25,7 @@ class GaussianMLPPolicy(nn.Module):
         super().__init__()
         self.spec = spec
         sizes = [spec.obs_dim, *spec.hidden_sizes]
-        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
         self.mean_head = nn.Linear(sizes[-1], spec.act_dim)
         self.log_std = nn.Parameter(torch.full((spec.act_dim,), math.log(init_std)))
         self.register_buffer("obs_mean", torch.zeros(spec.obs_dim))

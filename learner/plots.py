@@ -5,9 +5,9 @@ from __future__ import annotations
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from learner.evaluation import EvalResult  # noqa: E402
+from learner.evaluation import EvalResult
 
 
 def adaptation_figure(final: EvalResult, before: EvalResult | None = None, title: str = ""):

@@ -44,14 +44,16 @@ def env_spaces(cfg: Config) -> tuple[PolicySpec, dict]:
     env = fleet.make_env(cfg.fleet.family, robot_of(cfg), cfg.fleet.horizon)
     try:
         obs, act = env.observation_space, env.action_space
-        spaces = {
-            "observation": {"shape": list(obs.shape), "low": obs.low.tolist(), "high": obs.high.tolist(), "dtype": str(obs.dtype)},
-            "action": {"shape": list(act.shape), "low": act.low.tolist(), "high": act.high.tolist(), "dtype": str(act.dtype)},
-        }
+        spaces = {name: box_to_dict(space) for name, space in (("observation", obs), ("action", act))}
     finally:
         env.close()
     spec = PolicySpec(int(np.prod(obs.shape)), int(np.prod(act.shape)), tuple(cfg.learner.hidden_sizes))
     return spec, spaces
+
+
+def box_to_dict(space) -> dict:
+    return {"shape": list(space.shape), "low": space.low.tolist(), "high": space.high.tolist(),
+            "dtype": str(space.dtype)}
 
 
 def robot_of(cfg: Config) -> RobotSpec:
@@ -59,8 +61,9 @@ def robot_of(cfg: Config) -> RobotSpec:
 
 
 def task_distribution(cfg: Config) -> TaskDistribution:
+    """The run's task split (fixed by fleet.task_seed); sampling order follows train.seed."""
     f = cfg.fleet
-    return TaskDistribution(f.family, f.num_train_tasks, f.num_test_tasks, seed=f.task_seed)
+    return TaskDistribution(f.family, f.num_train_tasks, f.num_test_tasks, f.task_seed, sampler_seed=cfg.train.seed)
 
 
 @dataclass
@@ -96,7 +99,8 @@ class Trainer:
         started = time.perf_counter()
         tasks = self.tasks.sample(cfg.train.meta_batch_size, "train")
         version = f"it{it}"
-        support = self.pool.sample(self._requests(tasks, version, SUPPORT), {version: self.learner.policy_weights(version)})
+        theta = {version: self.learner.policy_weights(version)}
+        support = self.pool.sample(self._requests(tasks, version, SUPPORT), theta)
         adapted = self.learner.adapt_for_training(support, version)
         query_requests = self._requests(tasks, [w.version for w in adapted], QUERY)
         query = self.pool.sample(query_requests, {w.version: w for w in adapted})

@@ -34,10 +34,14 @@ from typing import Any
 
 import gymnasium
 import numpy as np
-import pybullet
-import pybullet_data
 from gymnasium import spaces
-from pybullet_utils import bullet_client
+
+from fleet.envs.quiet import quiet_stdout
+
+with quiet_stdout():
+    import pybullet
+    import pybullet_data
+    from pybullet_utils import bullet_client
 
 from fleet.envs.reach_family import GOAL_CENTER, WORKSPACE_HIGH, WORKSPACE_LOW, validate_goal
 from fleet.robots import RobotSpec, get_robot_model
@@ -123,7 +127,8 @@ class ReachEnv(gymnasium.Env):
     # ----------------------------------------------------------------------------------- setup
     def _connect_and_load(self) -> None:
         """Start the private physics client, load plane + robot, apply this robot's variation."""
-        self._bullet = bullet_client.BulletClient(connection_mode=pybullet.DIRECT)
+        with quiet_stdout():
+            self._bullet = bullet_client.BulletClient(connection_mode=pybullet.DIRECT)
         client = self._bullet
         client.setGravity(0.0, 0.0, -9.81)
         client.setTimeStep(1.0 / PHYSICS_HZ)

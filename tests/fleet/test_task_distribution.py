@@ -133,3 +133,10 @@ def test_task_round_trip_and_unknown_keys():
     assert task.params["goal"][0] == 0.5  # to_dict hands out a copy
     with pytest.raises(ValueError, match="exactly keys"):
         Task.from_dict({**task.to_dict(), "robot": "kuka-0"})
+
+
+def test_sampler_seed_changes_order_not_split():
+    a = TaskDistribution("reach", 20, 5, seed=3, sampler_seed=0)
+    b = TaskDistribution("reach", 20, 5, seed=3, sampler_seed=1)
+    assert a.tasks("train") == b.tasks("train") and a.tasks("test") == b.tasks("test")
+    assert [t.task_id for t in a.sample(10)] != [t.task_id for t in b.sample(10)]

@@ -1,0 +1,29 @@
+"""Silence pybullet's C-level prints ("pybullet build time", "argv[0]=") on file descriptor 1.
+
+They bypass sys.stdout, so they would corrupt machine-readable output such as `fleet eval --json`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+
+@contextlib.contextmanager
+def quiet_stdout():
+    """Point fd 1 at /dev/null for the duration (a no-op if fd 1 cannot be duplicated)."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError):
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)

@@ -29,6 +29,7 @@ def save_checkpoint(directory: str | Path, iteration: int, state: dict, keep: in
             torch.save(state, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        _check_loadable(tmp)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -56,6 +57,14 @@ def load_latest(directory: str | Path) -> tuple[dict, Path] | None:
         except Exception as exc:  # a truncated or corrupt file: fall back to the previous one
             log.warning("checkpoint %s is unreadable (%s); falling back to the previous one", path, exc)
     return None
+
+
+def _check_loadable(path: str) -> None:
+    """Refuse state that `torch.load(weights_only=True)` cannot read back (custom objects)."""
+    try:
+        torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:
+        raise ValueError(f"checkpoint state is not loadable with weights_only=True: {exc}") from None
 
 
 def _fsync_dir(directory: Path) -> None:

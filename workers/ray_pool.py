@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 
 import ray
+from ray._private import ray_constants
 
 from workers.batch import Batch, SampleRequest
 from workers.policy import PolicyWeights
@@ -14,23 +15,37 @@ from workers.pool import WorkerPool, split_evenly
 from workers.worker import EnvFactory, RolloutWorker
 
 log = logging.getLogger(__name__)
+LOOPBACK = "127.0.0.1"
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to `address` / RAY_ADDRESS if given (cluster or `ray job submit`), else start a
-    private local Ray bound to 127.0.0.1 without the dashboard."""
+    private local Ray whose servers listen on 127.0.0.1 only, without the dashboard."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
         return
+    loopback_only()
     ray.init(
         num_cpus=num_cpus,
         include_dashboard=False,
-        _node_ip_address="127.0.0.1",
+        _node_ip_address=LOOPBACK,
         logging_level=logging.WARNING,
     )
+
+
+def loopback_only() -> None:
+    """Make a local Ray use 127.0.0.1 for every server it starts.
+
+    On Linux, Ray turns "127.0.0.1" into the primary interface's address and its GCS and raylet
+    listen on all interfaces. With cluster mode off (what Ray does on macOS/Windows), the node
+    address resolves to loopback, for this process (the constant) and for every Ray process it
+    spawns (the environment variable).
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 class RayWorkerPool(WorkerPool):

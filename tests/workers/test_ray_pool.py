@@ -60,3 +60,17 @@ def test_ray_pool_on_real_reach_env(ray_local):
     for a, b in zip(local, remote):
         np.testing.assert_allclose(a.obs, b.obs)
         assert b.num_steps == 20 and np.isfinite(b.rewards).all()
+
+
+def test_local_ray_listens_on_loopback_only(ray_local):
+    """Every socket the local Ray's servers listen on is bound to 127.0.0.1."""
+    import psutil
+
+    assert {node["NodeManagerAddress"] for node in ray_local.nodes()} == {"127.0.0.1"}
+    session_pids = {p.pid for p in psutil.Process().children(recursive=True)}
+    listening = [
+        c for c in psutil.net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN and c.pid in session_pids
+    ]
+    assert listening, "expected the Ray servers started by this session to listen somewhere"
+    assert {c.laddr.ip.removeprefix("::ffff:") for c in listening} == {"127.0.0.1"}, listening

@@ -20,6 +20,7 @@ def adaptation_figure(final: EvalResult, before: EvalResult | None = None, title
         steps = list(summary)
         ax.errorbar(steps, [summary[k]["return_mean"] for k in steps],
                     yerr=[summary[k]["return_stderr"] for k in steps], marker="o", capsize=3, label=label)
+    ax.set_xticks(final.steps)
     ax.set_xlabel("adaptation steps")
     ax.set_ylabel("held-out return")
     ax.set_title(title or "return vs adaptation steps")

@@ -1,0 +1,72 @@
+"""The promotion gate: an alias moves to a candidate version only if it evaluates better than
+the alias's current holder on held-out tasks (or with --force). The decision and both figures
+are recorded as tags on the candidate version."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from mlflow.exceptions import MlflowException
+
+from deploy.jobs import evaluate_model
+from deploy.registry import Registry, RegistryError
+
+
+@dataclass
+class PromotionDecision:
+    model: str
+    alias: str
+    candidate: str
+    incumbent: str | None
+    candidate_return: float
+    incumbent_return: float | None
+    promoted: bool
+    forced: bool
+    reason: str
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def promote(model: str, version: str, alias: str = "production", force: bool = False, steps: tuple[int, ...] = (0, 1),
+            episodes: int = 10, num_tasks: int = 10, backend: str = "local", num_workers: int = 1,
+            registry: Registry | None = None) -> PromotionDecision:
+    """Evaluate candidate and incumbent the same way (same held-out tasks and seed) and decide."""
+    registry = registry or Registry()
+    try:
+        registry.client.get_model_version(model, version)
+    except MlflowException:
+        raise RegistryError(f"models:/{model}/{version} does not exist") from None
+    try:
+        incumbent = str(registry.client.get_model_version_by_alias(model, alias).version)
+    except MlflowException:
+        incumbent = None
+
+    def score(v: str) -> float:
+        result = evaluate_model(f"models:/{model}/{v}", "test", steps, episodes, num_tasks, backend, num_workers)
+        return result.summary()[max(steps)]["return_mean"]
+
+    candidate_return = score(version)
+    incumbent_return = score(incumbent) if incumbent not in (None, version) else None
+    if incumbent == version:
+        promoted, reason = False, f"version {version} already holds @{alias}"
+    elif force:
+        promoted, reason = True, "forced"
+    elif incumbent is None:
+        promoted, reason = True, f"@{alias} was unset"
+    elif candidate_return > incumbent_return:
+        promoted, reason = True, f"candidate {candidate_return:.3f} > incumbent {incumbent_return:.3f}"
+    else:
+        promoted, reason = False, f"candidate {candidate_return:.3f} <= incumbent {incumbent_return:.3f}"
+    if promoted:
+        registry.client.set_registered_model_alias(model, alias, version)
+    tags = {"promote_alias": alias, "promote_decision": "promoted" if promoted else "rejected",
+            "promote_reason": reason, "promote_candidate_return": f"{candidate_return:.4f}",
+            "promote_incumbent_version": incumbent or "",
+            "promote_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "promote_incumbent_return": "" if incumbent_return is None else f"{incumbent_return:.4f}"}
+    for key, value in tags.items():
+        registry.client.set_model_version_tag(model, version, key, value)
+    return PromotionDecision(model, alias, version, incumbent, candidate_return, incumbent_return, promoted, force,
+                             reason)

@@ -6,10 +6,11 @@ CLI only parses arguments and calls one of them.
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 
 from deploy.artifact import PolicyArtifact
-from deploy.registry import Registry, git_commit
+from deploy.registry import Registry, git_commit, log_serving_model
 from learner.config import Config, ConfigError, load_config
 from learner.evaluation import EvalResult, meta_evaluate
 from learner.trainer import TrainResult, make_learner, robot_of, task_distribution, train
@@ -58,6 +59,10 @@ def run_training(cfg: Config, resume_run_id: str | None = None) -> TrainJobResul
         registry = Registry(tracker.uri)
         artifact = meta_policy_artifact(cfg, result)
         version = registry.publish(cfg.tracking.registered_model, artifact, result.run_id, tags, aliases=("candidate",))
+        with tempfile.TemporaryDirectory() as policy_dir:
+            artifact.save(policy_dir)
+            spec = artifact.weights.spec
+            log_serving_model(result.run_id, policy_dir, spec.obs_dim, spec.act_dim)
         tracker.set_tags({"registered_model": cfg.tracking.registered_model, "registered_version": version})
     except BaseException:
         tracker.close("FAILED")
@@ -68,8 +73,6 @@ def run_training(cfg: Config, resume_run_id: str | None = None) -> TrainJobResul
 
 def config_of_run(run_id: str, overrides: list[str], tracking_uri: str | None = None) -> Config:
     """The resolved config a run logged (for --resume), with new overrides applied."""
-    import tempfile
-
     import mlflow
     import yaml
 

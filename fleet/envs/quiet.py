@@ -6,8 +6,16 @@ They bypass sys.stdout, so they would corrupt machine-readable output such as `f
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import sys
+
+_LIBC = ctypes.CDLL(None)
+
+
+def _flush_c_stdio() -> None:
+    with contextlib.suppress(AttributeError, OSError):
+        _LIBC.fflush(None)
 
 
 @contextlib.contextmanager
@@ -24,6 +32,7 @@ def quiet_stdout():
         os.dup2(devnull, 1)
         yield
     finally:
+        _flush_c_stdio()  # C stdio buffers when fd 1 is a pipe: flush into /dev/null, not later
         os.dup2(saved, 1)
         os.close(saved)
         os.close(devnull)

@@ -1,0 +1,280 @@
+"""`fleet run` and `fleet serve-robot`: a policy directory on a robot, and a robot on the network.
+
+Wiring (fleet/cli.py)::
+
+    from deploy.robot_cli import add_parsers
+    add_parsers(sub)                 # adds "run" and "serve-robot", each with set_defaults(handler=...)
+    return args.handler(args)        # cmd_run / cmd_serve_robot return the exit code
+
+Exit codes as in fleet/cli.py: 0 success, 2 bad input (nothing moved), 1 a failure while running.
+Standalone: ``python -m deploy.robot_cli run DIR --robot sim:kuka-0``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+TOKEN_ENV = "METAFLEET_ROBOT_TOKEN"
+GIF_FRAME_MS = 40  # 25 fps: GIF delays are centiseconds and viewers slow anything under 20 ms
+MP4_FPS = 60  # the sim's control rate (240 Hz physics / 4 substeps): real time
+
+
+class BadInput(ValueError):
+    """A command-line value that is wrong before anything starts (exit 2)."""
+
+
+def add_parsers(sub) -> None:
+    """Add the ``run`` and ``serve-robot`` subcommands to an argparse subparsers object."""
+    run = sub.add_parser("run", help="run a policy directory on a robot behind the safety layer")
+    run.add_argument("policy_dir", metavar="DIR", help="policy artifact directory (weights.safetensors + manifest)")
+    run.add_argument("--robot", required=True, metavar="ROBOT",
+                     help="sim:<robot-id>[?horizon=50&motor_strength=0.8] or tcp://HOST:PORT (token from "
+                          f"${TOKEN_ENV} or --token-file)")
+    run.add_argument("--episodes", type=int, default=1, metavar="N", help="episodes to run (default 1)")
+    run.add_argument("--seed", type=int, default=0, help="episode i resets with seed SEED+i (default 0)")
+    run.add_argument("--task", action="append", default=[], metavar="KEY=VALUE",
+                     help="task parameter, value parsed as YAML, e.g. --task goal=[0.6,0.1,0.4] (repeatable)")
+    run.add_argument("--max-action-rate", default="0.5", metavar="X",
+                     help="largest change of an action entry per step, in action units; 'none' turns it off")
+    run.add_argument("--stochastic", action="store_true", help="sample actions instead of the policy's mean")
+    run.add_argument("--video", metavar="PATH", help="write frames of a sim: robot to PATH (.gif, or .mp4 with "
+                                                     "imageio-ffmpeg)")
+    run.add_argument("--token-file", metavar="FILE", help=f"token for tcp:// robots (default: ${TOKEN_ENV})")
+    run.add_argument("--json", action="store_true", help="print JSON instead of text")
+    run.set_defaults(handler=cmd_run)
+
+    serve = sub.add_parser("serve-robot", help="serve a robot over TCP for `fleet run --robot tcp://...`")
+    serve.add_argument("robot", metavar="ROBOT", help="the robot to serve, e.g. sim:kuka-0?horizon=50")
+    serve.add_argument("--port", type=int, default=0, metavar="P", help="TCP port (0: a free one, printed)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="interface to listen on (default 127.0.0.1; the protocol is not encrypted)")
+    serve.add_argument("--token-file", metavar="FILE", help=f"shared token (default: ${TOKEN_ENV}; required)")
+    serve.set_defaults(handler=cmd_serve_robot)
+
+
+def _error(message: str, code: int = EXIT_BAD_INPUT) -> int:
+    print(f"fleet: error: {message}", file=sys.stderr)
+    return code
+
+
+# -------------------------------------------------------------------------------------------- run
+def cmd_run(args) -> int:
+    """``fleet run DIR --robot ROBOT``: episodes of the policy on the robot; per-episode and mean results."""
+    from deploy.artifact import ArtifactError
+    from deploy.runtime import RobotRuntime
+    from deploy.safety import SafetyConfig
+
+    try:
+        rate, task = _parse_rate(args.max_action_rate), _parse_task(args.task)
+        if args.episodes < 1:
+            raise BadInput(f"--episodes must be >= 1, got {args.episodes}")
+        _check_video(args.video, args.robot)
+        runtime = RobotRuntime(args.policy_dir, SafetyConfig(max_action_rate=rate), deterministic=not args.stochastic)
+    except BadInput as exc:
+        return _error(str(exc))
+    except (ArtifactError, OSError) as exc:
+        return _error(f"cannot load policy {args.policy_dir!r}: {exc}")
+    try:
+        robot = _connect(args, runtime, task)
+    except BadInput as exc:
+        return _error(str(exc))
+    try:
+        results, frames = _run_episodes(args, runtime, robot, task)
+    except (ValueError, RuntimeError, OSError) as exc:  # schema errors, robot errors, lost connections
+        return _error(f"run on {args.robot} failed: {exc}", EXIT_FAILED)
+    finally:
+        robot.close()
+    _report(args, runtime, results)
+    if args.video:
+        _write_video(args.video, frames)
+        if not args.json:
+            print(f"video: {args.video} ({len(frames)} frames)")
+    return EXIT_OK
+
+
+def _connect(args, runtime, task):
+    from deploy.bridge import RobotAuthError
+    from deploy.robot import connect_robot
+
+    if args.robot.startswith("tcp://"):
+        kw = {"token": _read_token(args.token_file, required=False) or None}
+    else:
+        family = runtime.manifest.get("family") or (runtime.manifest.get("fleet") or {}).get("family") or "reach"
+        kw = {"family": family, "horizon": runtime.horizon or 50, "task": task, "render": bool(args.video)}
+    try:
+        robot = connect_robot(args.robot, **kw)
+    except RobotAuthError as exc:
+        raise BadInput(f"robot {args.robot} refused the connection: {exc}") from None
+    except (ValueError, OSError) as exc:
+        raise BadInput(f"cannot open robot {args.robot!r}: {exc}") from None
+    try:
+        runtime.check_robot(robot)
+    except ValueError as exc:
+        robot.close()
+        raise BadInput(f"robot {args.robot} does not fit policy {args.policy_dir!r}: {exc}") from None
+    return robot
+
+
+def _run_episodes(args, runtime, robot, task) -> tuple[list[dict], list]:
+    frames: list = []
+    on_frame = frames.append if args.video else None
+    results = []
+    for i in range(args.episodes):
+        result = runtime.run_episode(robot, task=task, seed=args.seed + i, on_frame=on_frame)
+        results.append({"episode": i, "seed": args.seed + i, **result})
+        if not args.json:
+            print(f"episode {i + 1}/{args.episodes}: return {result['return']:8.3f}  "
+                  f"success {'yes' if result['success'] else 'no ':<3}  steps {result['steps']}  "
+                  f"safe stops {result['safe_stops']}  clipped {result['clipped']}  "
+                  f"rate-limited {result['rate_limited']}", flush=True)
+    return results, frames
+
+
+def _report(args, runtime, results: list[dict]) -> None:
+    mean_return = sum(r["return"] for r in results) / len(results)
+    success_rate = sum(r["success"] for r in results) / len(results)
+    if args.json:
+        print(json.dumps({"policy_dir": str(args.policy_dir), "policy_version": runtime.policy.version,
+                          "robot": args.robot, "episodes": results, "mean_return": mean_return,
+                          "success_rate": success_rate, "safety": dict(runtime.safety.counters)}, indent=2))
+    else:
+        print(f"mean return {mean_return:.3f} over {len(results)} episode(s), success rate {success_rate:.2f}")
+
+
+def _parse_rate(text: str) -> float | None:
+    if text.strip().lower() in ("none", "off"):
+        return None
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = math.nan
+    if not math.isfinite(rate) or rate <= 0:
+        raise BadInput(f"--max-action-rate must be a number > 0 or 'none', got {text!r}")
+    return rate
+
+
+def _parse_task(items: list[str]) -> dict | None:
+    """``["goal=[0.6,0.1,0.4]"]`` -> ``{"goal": [0.6, 0.1, 0.4]}`` (values parsed as YAML)."""
+    import yaml
+
+    task: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise BadInput(f"--task {item!r}: expected KEY=VALUE, e.g. --task goal=[0.6,0.1,0.4]")
+        if key in task:
+            raise BadInput(f"--task {key!r} given twice")
+        try:
+            task[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise BadInput(f"--task {item!r}: the value is not valid YAML ({exc.__class__.__name__})") from None
+    return task or None
+
+
+def _check_video(path: str | None, robot: str) -> None:
+    if path is None:
+        return
+    if not robot.startswith("sim:"):
+        raise BadInput(f"--video needs a sim: robot (frames come from the simulator), got {robot!r}")
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".gif", ".mp4"):
+        raise BadInput(f"--video {path!r}: expected a .gif or .mp4 path")
+    if suffix == ".mp4" and importlib.util.find_spec("imageio_ffmpeg") is None:
+        raise BadInput(f"--video {path!r}: writing MP4 needs the imageio-ffmpeg package, which is not installed; "
+                       "use a .gif path instead")
+    if not Path(path).resolve().parent.is_dir():
+        raise BadInput(f"--video {path!r}: directory {str(Path(path).resolve().parent)!r} does not exist")
+
+
+def _write_video(path: str, frames: list) -> None:
+    import imageio.v2 as imageio
+
+    if Path(path).suffix.lower() == ".gif":
+        imageio.mimsave(path, frames, duration=GIF_FRAME_MS, loop=0)
+    else:
+        imageio.mimsave(path, frames, fps=MP4_FPS)
+
+
+def _read_token(token_file: str | None, required: bool = True) -> str:
+    """The token from ``token_file`` (stripped) or ``$METAFLEET_ROBOT_TOKEN``; BadInput when required and empty."""
+    if token_file is not None:
+        try:
+            token = Path(token_file).read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BadInput(f"cannot read --token-file {token_file!r}: {exc}") from None
+        if not token:
+            raise BadInput(f"--token-file {token_file!r} is empty")
+        return token
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if required and not token:
+        raise BadInput(f"a robot token is required: set {TOKEN_ENV} or pass --token-file FILE")
+    return token
+
+
+# ---------------------------------------------------------------------------------------- serve-robot
+def cmd_serve_robot(args) -> int:
+    """``fleet serve-robot ROBOT``: serve a robot over TCP until SIGINT/SIGTERM."""
+    from deploy.bridge import RobotServer
+    from deploy.robot import connect_robot
+
+    try:
+        token = _read_token(args.token_file)
+        if not args.robot.startswith("sim:"):
+            raise BadInput(f"serve-robot serves a local robot: expected sim:<robot-id>, got {args.robot!r} "
+                           "(for a real robot, wrap its driver in RobotServer; see docs/robots.md)")
+        if not 0 <= args.port <= 65535:
+            raise BadInput(f"--port must be in 0..65535, got {args.port}")
+        robot = connect_robot(args.robot)
+    except BadInput as exc:
+        return _error(str(exc))
+    except ValueError as exc:
+        return _error(f"cannot open robot {args.robot!r}: {exc}")
+    try:
+        server = RobotServer(robot, token, host=args.host, port=args.port)
+    except OSError as exc:
+        robot.close()
+        return _error(f"cannot listen on {args.host}:{args.port}: {exc}")
+    return _serve_until_signal(server, robot, args)
+
+
+def _serve_until_signal(server, robot, args) -> int:
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.start()
+        host, port = server.address
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            print(f"fleet: warning: listening on {host}: the robot protocol is not encrypted; "
+                  "use it only on a trusted network or through an SSH tunnel", file=sys.stderr, flush=True)
+        print(f"serving {args.robot} on {host}:{port}", flush=True)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.stop()
+        robot.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print(f"stopped; {json.dumps(server.stats)}", flush=True)
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry (``python -m deploy.robot_cli``) until fleet/cli.py wires these commands."""
+    parser = argparse.ArgumentParser(prog="python -m deploy.robot_cli")
+    add_parsers(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,6 +5,7 @@ version tag) and check both on every pull."""
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import subprocess
 import tempfile
@@ -36,6 +37,9 @@ class ResolvedModel:
 
 
 def git_commit() -> str:
+    """The code version: METAFLEET_GIT_COMMIT if set (Ray jobs upload no .git), else `git rev-parse`."""
+    if os.environ.get("METAFLEET_GIT_COMMIT"):
+        return os.environ["METAFLEET_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
         return out.stdout.strip()

@@ -110,6 +110,10 @@ def cmd_train(args) -> int:
         check_tracking_uri(resolve_tracking_uri(cfg.tracking.tracking_uri))
     except (ConfigError, TrackingError) as exc:
         return _bad_input(str(exc))
+    if "runtime_resources" in os.getcwd() and "MLFLOW_TRACKING_URI" not in os.environ and not cfg.tracking.tracking_uri:
+        print("fleet: warning: running as a Ray job with the default sqlite:///mlflow.db inside the job's temporary "
+              "working dir; results are deleted with it. Pass MLFLOW_TRACKING_URI in --runtime-env-json.",
+              file=sys.stderr, flush=True)
     print(f"metafleet: training {cfg.name!r}: {cfg.learner.algorithm} on {cfg.fleet.family}/{cfg.fleet.robot}, "
           f"{cfg.train.iterations} iterations x {cfg.train.meta_batch_size} tasks, {cfg.workers.backend} "
           f"workers={cfg.workers.num_workers}", flush=True)

@@ -113,7 +113,11 @@ def adapt_on_robot(uri: str, address: str, task_params: dict | None = None, epis
     learner = make_learner(meta.weights.spec, cfg.learner)
     learner.policy.load_weights(meta.weights)
     horizon = cfg.fleet.horizon
-    robot, safety = connect_robot(address), safety_for(manifest)
+    try:
+        robot = connect_robot(address)
+    except OSError as exc:  # refused, unreachable, timed out, failed handshake
+        raise ConnectionError(f"robot {address} is unreachable: {exc}") from None
+    safety = safety_for(manifest)
     try:
         weights, params = meta.weights, None
         for k in range(steps):  # MAML's protocol: each step adapts on episodes of the current policy

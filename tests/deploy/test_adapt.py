@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from fleet.cli import main
@@ -56,3 +57,34 @@ def test_bad_adapt_input(store, capfd):
     assert code == 2 and "KEY=VALUE" in err
     code, err = adapt(capfd, "--robot", "sim:kuka-1", "--task", "goal=[1,2]")
     assert code == 2 and "goal" in err
+
+
+def test_adapt_over_the_tcp_bridge_equals_sim(store, capfd, monkeypatch):
+    """The same adaptation through RobotServer/RemoteRobot gives the same figures as in process."""
+    from deploy.bridge import RobotServer
+    from deploy.robot import SimRobot
+
+    monkeypatch.setenv("METAFLEET_ROBOT_TOKEN", "adapt-test-token")
+    server = RobotServer(SimRobot(horizon=10), "adapt-test-token").start()
+    try:
+        address = f"tcp://127.0.0.1:{server.address[1]}"
+        code, remote = adapt(capfd, "--robot", address, "--robot-id", "arm-9", "--task", GOAL, "--episodes", "2")
+    finally:
+        server.stop()
+    assert code == 0, remote
+    code, local = adapt(capfd, "--robot", "sim:arm-9", "--task", GOAL, "--episodes", "2")
+    assert code == 0
+    assert remote["robot_id"] == "arm-9"
+    for key in ("return_before", "return_after", "success_before", "success_after"):
+        assert remote[key] == pytest.approx(local[key], abs=1e-5), key
+
+
+def test_unreachable_tcp_robot_is_bad_input(store, capfd, monkeypatch):
+    import socket
+
+    monkeypatch.setenv("METAFLEET_ROBOT_TOKEN", "t")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code, err = adapt(capfd, "--robot", f"tcp://127.0.0.1:{port}", "--episodes", "1")
+    assert code == 2 and str(port) in err

@@ -14,6 +14,7 @@ from deploy.registry import Registry, git_commit, log_serving_model
 from learner.config import Config, ConfigError, load_config
 from learner.evaluation import EvalResult, meta_evaluate
 from learner.trainer import TrainResult, make_learner, robot_of, task_distribution, train
+from workers.policy import OBS_CLIP
 from workers.pool import make_pool
 
 
@@ -34,6 +35,8 @@ def meta_policy_artifact(cfg: Config, result: TrainResult) -> PolicyArtifact:
         robot=robot_of(cfg).to_dict(),
         spaces=result.spaces,
         algorithm=cfg.learner.algorithm,
+        normalizer={"arrays": ["obs_mean", "obs_std"], "clip": OBS_CLIP, "applied": "clip((obs - mean) / std)"},
+        conditioning=None,  # task-agnostic policy: the task is inferred from reward through adaptation
         adaptation={"inner_lr": cfg.learner.inner_lr, "gamma": cfg.learner.gamma,
                     "gae_lambda": cfg.learner.gae_lambda, "inner_steps": cfg.learner.inner_steps},
         fleet=cfg.fleet.model_dump(mode="json"),

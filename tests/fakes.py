@@ -53,3 +53,25 @@ ROBOT = RobotSpec()
 def point_tasks(n: int, seed: int = 0, split: str = "train") -> list[Task]:
     rng = np.random.default_rng(seed)
     return [Task("point", f"point/{split}/{i}", {"goal": rng.uniform(-0.5, 0.5, 2).tolist()}) for i in range(n)]
+
+
+def make_policy_dir(directory, obs_dim: int = 20, head_scale: float = 1.0, horizon: int = 20):
+    """A small random reach policy saved as an artifact (numpy weights; what the learner would publish)."""
+    from pathlib import Path
+
+    from deploy.artifact import PolicyArtifact
+    from workers.policy import PolicyWeights
+
+    spec = PolicySpec(obs_dim, 3, (16,))
+    rng = np.random.default_rng(0)
+    arrays = {"obs_mean": np.zeros(obs_dim), "obs_std": np.ones(obs_dim),
+              "hidden.0.weight": rng.normal(0, 0.3, (16, obs_dim)), "hidden.0.bias": np.zeros(16),
+              "mean_head.weight": rng.normal(0, head_scale, (3, 16)), "mean_head.bias": np.zeros(3),
+              "log_std": np.full(3, -0.5)}
+    weights = PolicyWeights(spec, {k: v.astype(np.float32) for k, v in arrays.items()}, "t")
+    spaces = {"observation": {"shape": [obs_dim], "low": [-10.0] * obs_dim, "high": [10.0] * obs_dim,
+                              "dtype": "float32"},
+              "action": {"shape": [3], "low": [-1.0] * 3, "high": [1.0] * 3, "dtype": "float32"}}
+    PolicyArtifact.build(weights, spaces=spaces, fleet={"horizon": horizon, "family": "reach"}, family="reach",
+                         robot=RobotSpec().to_dict()).save(directory)
+    return Path(directory)

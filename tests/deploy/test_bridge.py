@@ -11,12 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deploy.artifact import PolicyArtifact
 from deploy.bridge import MAX_FRAME, RemoteRobot, RobotAuthError, RobotCommandError, RobotServer, recv_frame
 from deploy.robot import SimRobot, Step, connect_robot
 from deploy.runtime import RobotRuntime
-from fleet.robots import RobotSpec
-from workers.policy import PolicySpec, PolicyWeights
+from tests.fakes import make_policy_dir
 
 TOKEN = "test-token-123"
 GOAL = {"goal": [0.65, -0.1, 0.38]}
@@ -95,20 +93,6 @@ def hello(srv) -> socket.socket:
     send_json(sock, {"v": 1, "op": "hello", "token": TOKEN})
     assert recv_frame(sock)["ok"] is True
     return sock
-
-
-def make_policy_dir(directory):
-    spec = PolicySpec(20, 3, (16,))
-    rng = np.random.default_rng(0)
-    arrays = {"obs_mean": np.zeros(20), "obs_std": np.ones(20), "hidden.0.weight": rng.normal(0, 0.3, (16, 20)),
-              "hidden.0.bias": np.zeros(16), "mean_head.weight": rng.normal(0, 1.0, (3, 16)),
-              "mean_head.bias": np.zeros(3), "log_std": np.full(3, -0.5)}
-    weights = PolicyWeights(spec, {k: v.astype(np.float32) for k, v in arrays.items()}, "t")
-    spaces = {"observation": {"shape": [20], "low": [-10.0] * 20, "high": [10.0] * 20, "dtype": "float32"},
-              "action": {"shape": [3], "low": [-1.0] * 3, "high": [1.0] * 3, "dtype": "float32"}}
-    PolicyArtifact.build(weights, spaces=spaces, fleet={"horizon": 20, "family": "reach"}, family="reach",
-                         robot=RobotSpec().to_dict()).save(directory)
-    return directory
 
 
 def test_episode_over_tcp_equals_the_direct_episode(tmp_path):

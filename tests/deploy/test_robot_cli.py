@@ -15,28 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deploy.artifact import PolicyArtifact
 from deploy.robot_cli import add_parsers
-from fleet.robots import RobotSpec
-from workers.policy import PolicySpec, PolicyWeights
+from tests.fakes import make_policy_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "cli-token-456"
 TASK = ["--task", "goal=[0.6, 0.1, 0.4]"]
-
-
-def make_policy_dir(directory: Path) -> Path:
-    spec = PolicySpec(20, 3, (16,))
-    rng = np.random.default_rng(0)
-    arrays = {"obs_mean": np.zeros(20), "obs_std": np.ones(20), "hidden.0.weight": rng.normal(0, 0.3, (16, 20)),
-              "hidden.0.bias": np.zeros(16), "mean_head.weight": rng.normal(0, 1.0, (3, 16)),
-              "mean_head.bias": np.zeros(3), "log_std": np.full(3, -0.5)}
-    weights = PolicyWeights(spec, {k: v.astype(np.float32) for k, v in arrays.items()}, "t")
-    spaces = {"observation": {"shape": [20], "low": [-10.0] * 20, "high": [10.0] * 20, "dtype": "float32"},
-              "action": {"shape": [3], "low": [-1.0] * 3, "high": [1.0] * 3, "dtype": "float32"}}
-    PolicyArtifact.build(weights, spaces=spaces, fleet={"horizon": 12, "family": "reach"}, family="reach",
-                         robot=RobotSpec().to_dict()).save(directory)
-    return directory
 
 
 def fleet(*argv: str) -> int:
@@ -48,7 +32,7 @@ def fleet(*argv: str) -> int:
 
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory) -> str:
-    return str(make_policy_dir(tmp_path_factory.mktemp("cli") / "policy"))
+    return str(make_policy_dir(tmp_path_factory.mktemp("cli") / "policy", horizon=12))
 
 
 def test_run_on_sim_prints_json(policy, capsys):
@@ -114,7 +98,7 @@ def test_bad_policy_dirs_exit_2(policy, tmp_path, capsys):
     (tmp_path / "junk" / "weights.safetensors").write_bytes(b"x")
     assert fleet("run", str(tmp_path / "junk"), "--robot", "sim:k") == 2
     assert "not valid JSON" in capsys.readouterr().err
-    tampered = make_policy_dir(tmp_path / "tampered")
+    tampered = make_policy_dir(tmp_path / "tampered", horizon=12)
     (tampered / "weights.safetensors").write_bytes((tampered / "weights.safetensors").read_bytes()[:-1] + b" ")
     assert fleet("run", str(tampered), "--robot", "sim:k") == 2
     assert "sha256" in capsys.readouterr().err

@@ -9,33 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deploy.artifact import ArtifactError, PolicyArtifact
+from deploy.artifact import ArtifactError
 from deploy.robot import Robot, SimRobot, Step
 from deploy.runtime import RobotRuntime
 from deploy.safety import ObservationSchemaError, SafetyConfig
-from fleet.robots import RobotSpec
-from workers.policy import PolicySpec, PolicyWeights
+from tests.fakes import make_policy_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 HORIZON = 20
 GOAL = {"goal": [0.6, 0.1, 0.4]}
-
-
-def make_policy_dir(directory: Path, obs_dim: int = 20, head_scale: float = 1.0) -> Path:
-    """A small random reach policy saved as an artifact (numpy weights; what the learner would publish)."""
-    spec = PolicySpec(obs_dim, 3, (16,))
-    rng = np.random.default_rng(0)
-    arrays = {"obs_mean": np.zeros(obs_dim), "obs_std": np.ones(obs_dim),
-              "hidden.0.weight": rng.normal(0, 0.3, (16, obs_dim)), "hidden.0.bias": np.zeros(16),
-              "mean_head.weight": rng.normal(0, head_scale, (3, 16)), "mean_head.bias": np.zeros(3),
-              "log_std": np.full(3, -0.5)}
-    weights = PolicyWeights(spec, {k: v.astype(np.float32) for k, v in arrays.items()}, "t")
-    spaces = {"observation": {"shape": [obs_dim], "low": [-10.0] * obs_dim, "high": [10.0] * obs_dim,
-                              "dtype": "float32"},
-              "action": {"shape": [3], "low": [-1.0] * 3, "high": [1.0] * 3, "dtype": "float32"}}
-    PolicyArtifact.build(weights, spaces=spaces, fleet={"horizon": HORIZON, "family": "reach"}, family="reach",
-                         robot=RobotSpec().to_dict()).save(directory)
-    return directory
 
 
 class FakeRobot:

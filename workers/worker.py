@@ -52,7 +52,14 @@ class RolloutWorker:
                 if version not in weights:
                     raise KeyError(f"no weights sent for policy version {version!r}; have {sorted(weights)}")
                 policies[version] = NumpyGaussianPolicy(weights[version])
-        return [self._serve(request, policies[request.policy_version]) for request in requests]
+        batches = []
+        for request in requests:
+            try:
+                batches.append(self._serve(request, policies[request.policy_version]))
+            except Exception as exc:
+                exc.task_id = request.task.task_id  # type: ignore[attr-defined]  # lets a pool name the request
+                raise
+        return batches
 
     def sample_flat(self, requests: Sequence[SampleRequest], versions: Sequence[str], *weights) -> list[Batch]:
         """`sample` with weights as positional args, so Ray resolves their ObjectRefs for us."""

@@ -10,12 +10,15 @@ import logging
 import os
 import re
 import tempfile
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 log = logging.getLogger(__name__)
 NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
+TEMP_PREFIX, TEMP_SUFFIX = ".tmp-ckpt-", ".partial"
 
 
 def save_checkpoint(directory: str | Path, iteration: int, state: dict, keep: int = 3) -> Path:
@@ -23,7 +26,8 @@ def save_checkpoint(directory: str | Path, iteration: int, state: dict, keep: in
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"ckpt-{iteration:08d}.pt"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-ckpt-", suffix=".partial", dir=directory)
+    started = time.time()
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=directory)
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(state, handle)
@@ -37,7 +41,24 @@ def save_checkpoint(directory: str | Path, iteration: int, state: dict, keep: in
     _fsync_dir(directory)
     for old in list_checkpoints(directory)[keep:]:
         old.unlink(missing_ok=True)
+    remove_stale_temp_files(directory, older_than=started)
     return target
+
+
+def remove_stale_temp_files(directory: Path, older_than: float) -> list[Path]:
+    """Delete temp files a killed writer left behind: only our prefix, only those last written before
+    `older_than` (so a write that started after ours is never touched)."""
+    removed = []
+    for path in directory.glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
+        try:
+            if path.stat().st_mtime < older_than:
+                path.unlink()
+                removed.append(path)
+        except FileNotFoundError:
+            continue
+    if removed:
+        log.info("removed %d stale checkpoint temp file(s) in %s", len(removed), directory)
+    return removed
 
 
 def list_checkpoints(directory: str | Path) -> list[Path]:
@@ -49,14 +70,31 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: p.name, reverse=True)
 
 
-def load_latest(directory: str | Path) -> tuple[dict, Path] | None:
-    """The newest checkpoint that loads; unreadable ones are skipped with a warning."""
+@dataclass
+class LoadedCheckpoint:
+    """The newest readable checkpoint, and the newer ones that had to be skipped (path, reason)."""
+
+    state: dict
+    path: Path
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def load_newest(directory: str | Path) -> LoadedCheckpoint | None:
+    """The newest checkpoint that loads; unreadable ones are skipped with a warning and reported."""
+    skipped: list[tuple[Path, str]] = []
     for path in list_checkpoints(directory):
         try:
-            return torch.load(path, weights_only=True, map_location="cpu"), path
+            return LoadedCheckpoint(torch.load(path, weights_only=True, map_location="cpu"), path, skipped)
         except Exception as exc:  # a truncated or corrupt file: fall back to the previous one
             log.warning("checkpoint %s is unreadable (%s); falling back to the previous one", path, exc)
+            skipped.append((path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
     return None
+
+
+def load_latest(directory: str | Path) -> tuple[dict, Path] | None:
+    """The newest checkpoint that loads as `(state, path)`; unreadable ones are skipped with a warning."""
+    found = load_newest(directory)
+    return None if found is None else (found.state, found.path)
 
 
 def _check_loadable(path: str) -> None:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import fleet
 from fleet.robots import RobotSpec
 from fleet.tasks import TaskDistribution
 from learner.base import MetaLearner
-from learner.checkpoint import load_latest, save_checkpoint
+from learner.checkpoint import load_newest, save_checkpoint
 from learner.config import Config, LearnerConfig
 from learner.evaluation import EvalResult, meta_evaluate, request_seed
 from learner.maml import MAML
@@ -151,15 +152,19 @@ class Trainer:
         return path
 
     def restore(self) -> bool:
-        """Load the newest readable checkpoint (local, else the run's MLflow copy)."""
-        found = load_latest(self.checkpoint_dir)
+        """Load the newest readable checkpoint (local, else the run's MLflow copy), and say which on stderr."""
+        found = load_newest(self.checkpoint_dir)
         if found is None:
             remote = self.tracker.download("checkpoints")
-            found = load_latest(remote) if remote else None
+            found = load_newest(remote) if remote else None
         if found is None:
             return False
-        self.load_state_dict(found[0])
-        log.info("resumed from %s at iteration %d", found[1], self.iteration)
+        self.load_state_dict(found.state)
+        skipped = "".join(f" (skipped unreadable {path}: {why})" for path, why in found.skipped)
+        message = f"resumed from {found.path} at iteration {self.iteration}{skipped}"
+        log.info(message)
+        print(f"metafleet: {message}", file=sys.stderr, flush=True)  # the CLI user must see a fallback
+        self.tracker.mark_resumed(self.iteration)
         return True
 
     # ---- the loop --------------------------------------------------------------------------
@@ -215,6 +220,7 @@ def train(cfg: Config, resume_run_id: str | None = None, pool: WorkerPool | None
         trainer = Trainer(cfg, pool, tracker, spec, spaces)
         if resume_run_id is not None and not trainer.restore():
             log.warning("run %s has no checkpoint yet; starting from iteration 0", resume_run_id)
+            tracker.mark_resumed(0)  # what the killed job logged stays; re-done steps are not logged twice
         result = trainer.run(progress)
         result.tracker = tracker
     except BaseException:

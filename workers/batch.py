@@ -75,8 +75,3 @@ class Batch:
 
     def success_rate(self) -> float:
         return float(self.success.mean())
-
-    @property
-    def key(self) -> tuple[int, int]:
-        """(worker, sequence) identity used to de-duplicate re-executed requests."""
-        return (self.worker_id, self.seq)

@@ -101,7 +101,9 @@ class NumpyGaussianPolicy:
         return x @ self._head[0] + self._head[1]
 
     def log_prob(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        mu = self.mean(obs)
+        return self._log_prob_at(self.mean(obs), actions)
+
+    def _log_prob_at(self, mu: np.ndarray, actions: np.ndarray) -> np.ndarray:
         z = (actions - mu) / np.exp(self.log_std)
         return -0.5 * np.sum(z * z, axis=-1) - np.sum(self.log_std) - 0.5 * self.spec.act_dim * LOG_2PI
 
@@ -113,4 +115,4 @@ class NumpyGaussianPolicy:
         else:
             noise = rng.standard_normal(mu.shape).astype(np.float32)
             actions = mu + noise * np.exp(self.log_std)
-        return actions.astype(np.float32), self.log_prob(obs, actions).astype(np.float32)
+        return actions.astype(np.float32), self._log_prob_at(mu, actions).astype(np.float32)

@@ -33,9 +33,10 @@ class RolloutWorker:
     >>> [batch] = worker.sample([request], {request.policy_version: weights})
     """
 
-    def __init__(self, worker_id: int = 0, env_factory: EnvFactory | None = None):
+    def __init__(self, worker_id: int = 0, env_factory: EnvFactory | None = None, max_env_sets: int = 4):
         self.worker_id = worker_id
         self._env_factory = env_factory or default_env_factory
+        self.max_env_sets = max_env_sets  # env groups kept per (family, robot, horizon), least recent closed
         self._envs: dict[tuple, list[gym.Env]] = {}
         self._seq = 0
 
@@ -93,7 +94,12 @@ class RolloutWorker:
         return batch
 
     def _envs_for(self, family: str, robot: RobotSpec, horizon: int, count: int) -> list[gym.Env]:
-        envs = self._envs.setdefault((family, robot, horizon), [])
+        key = (family, robot, horizon)
+        envs = self._envs.pop(key, [])
+        self._envs[key] = envs  # most recently used last
+        while len(self._envs) > self.max_env_sets:  # a pybullet env holds ~40 MB: bound the cache
+            for env in self._envs.pop(next(iter(self._envs))):
+                env.close()
         while len(envs) < count:
             envs.append(self._env_factory(family, robot, horizon))
         return envs[:count]

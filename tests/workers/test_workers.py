@@ -88,3 +88,17 @@ def test_split_evenly(count, parts):
     ranges = split_evenly(count, parts)
     assert [i for r in ranges for i in r] == list(range(count))
     assert max(map(len, ranges)) - min(map(len, ranges)) <= 1
+
+
+def test_env_cache_is_bounded_and_closes_evicted_envs(weights):
+    closed = []
+
+    class Tracked(PointEnv):
+        def close(self):
+            closed.append(self)
+
+    worker = RolloutWorker(env_factory=lambda family, robot, horizon: Tracked(horizon), max_env_sets=2)
+    for horizon in (5, 6, 7):
+        worker.sample([SampleRequest(point_tasks(1)[0], ROBOT, "v1", 2, horizon, 0)], {"v1": weights})
+    assert len(worker._envs) == 2 and len(closed) == 2  # the horizon-5 pair was closed
+    assert all(env.horizon == 5 for env in closed)

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # before mlflow is imported below
+
 from deploy.adapt import adapt_on_robot
 from deploy.pull import pull
 from deploy.registry import Registry
@@ -71,7 +73,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", default=None, help="write the figures to this file")
     args = parser.parse_args(argv)
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     rows = adaptation_rows(args.model, args.tasks, args.episodes, args.steps)
     print(f"| held-out task | return before | return after {args.steps} step(s) | success before | success after |")
     print("|---|---|---|---|---|")

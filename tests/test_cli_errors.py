@@ -76,3 +76,15 @@ def test_bad_eval_arguments(capsys, args, expected):
 def test_eval_unknown_model(mlflow_uri, capsys):
     assert main(["eval", "models:/missing@production", "--backend", "local"]) == 2
     assert "models:/missing@production" in capsys.readouterr().err
+
+
+def test_train_needs_a_config_or_resume(capsys):
+    assert main(["train"]) == 2
+    assert "train needs a CONFIG file (or --resume RUN_ID)" in capsys.readouterr().err
+
+
+def test_resume_of_an_unknown_run(mlflow_uri, capsys):
+    assert main(["train", "--resume", "0123456789abcdef"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume run '0123456789abcdef'" in err
+    assert not ray.is_initialized()

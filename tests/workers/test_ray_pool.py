@@ -74,3 +74,10 @@ def test_local_ray_listens_on_loopback_only(ray_local):
     ]
     assert listening, "expected the Ray servers started by this session to listen somewhere"
     assert {c.laddr.ip.removeprefix("::ffff:") for c in listening} == {"127.0.0.1"}, listening
+
+
+def test_local_ray_keeps_token_authentication_on(ray_local):
+    """Ray 2.60 turns token auth on for a local cluster; nothing of ours may turn it off."""
+    import os
+
+    assert os.environ.get("RAY_AUTH_MODE", "").lower() == "token"

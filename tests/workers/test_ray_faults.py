@@ -124,6 +124,9 @@ def test_killed_actor_mid_sample_is_restarted_and_its_requests_reissued(ray_loca
         killer.join()
         assert_same_batches(local_batches(requests, {"v1": v1}), batches)
         assert (pool.restarts, pool.reissued_requests, pool.duplicates_dropped) == (1, 2, 0)
+        # The dead worker's requests went to worker 1 at once; worker 0 restarts in the background.
+        assert {b.worker_id for b in batches[:2]} == {1}
+        assert pool.wait_for_workers(timeout_s=60) and pool.live_slots == [0, 1]
         assert ray_local.get(pool.actors[0].ping.remote())["pid"] != pid  # a new process serves worker 0
         # Item 4: the restarted actor holds no weights of its own; the next call brings the current ones.
         requests_v2 = make_requests("v2")

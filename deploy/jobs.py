@@ -62,10 +62,7 @@ def run_training(cfg: Config, resume_run_id: str | None = None) -> TrainJobResul
         registry = Registry(tracker.uri)
         artifact = meta_policy_artifact(cfg, result)
         version = registry.publish(cfg.tracking.registered_model, artifact, result.run_id, tags, aliases=("candidate",))
-        with tempfile.TemporaryDirectory() as policy_dir:
-            artifact.save(policy_dir)
-            spec = artifact.weights.spec
-            log_serving_model(result.run_id, policy_dir, spec.obs_dim, spec.act_dim)
+        log_serving_model(result.run_id, artifact)
         tracker.set_tags({"registered_model": cfg.tracking.registered_model, "registered_version": version})
     except BaseException:
         tracker.close("FAILED")

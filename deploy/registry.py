@@ -114,18 +114,21 @@ def _short(exc: MlflowException) -> str:
     return str(exc.message if hasattr(exc, "message") else exc).splitlines()[0]
 
 
-def log_serving_model(run_id: str, policy_dir: str | Path, obs_dim: int, act_dim: int) -> str:
+def log_serving_model(run_id: str, artifact: PolicyArtifact) -> str:
     """Log the policy as a models-from-code pyfunc under `serving/` of `run_id` (no pickle)."""
     import numpy as np
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, obs_dim))]),
-                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, act_dim))]))
+    spec = artifact.weights.spec
+    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, spec.obs_dim))]),
+                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, spec.act_dim))]))
     code = Path(__file__).with_name("serving.py")
     active = mlflow.active_run()
     same_run = active is not None and active.info.run_id == run_id
-    with contextlib.nullcontext() if same_run else mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(name="serving", python_model=str(code), artifacts={"policy": str(policy_dir)},
+    with tempfile.TemporaryDirectory() as policy_dir, \
+            contextlib.nullcontext() if same_run else mlflow.start_run(run_id=run_id):
+        artifact.save(policy_dir)
+        info = mlflow.pyfunc.log_model(name="serving", python_model=str(code), artifacts={"policy": policy_dir},
                                        signature=signature, pip_requirements=["metafleet", "numpy", "safetensors"])
     return info.model_uri

@@ -70,6 +70,8 @@ def collect(robot: Robot, weights: PolicyWeights, task: Task, spec: RobotSpec, e
     env, policy = RobotEnv(robot, horizon, safety), NumpyGaussianPolicy(weights)
     parts = [rollout([env], policy, task.params, horizon, request_seed(seed, i), deterministic)
              for i in range(episodes)]
+    for part in parts:
+        part.pop("guard_trips", None)
     arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     return Batch(**arrays, task=task, robot=spec, policy_version=weights.version, phase=phase)
 

@@ -31,6 +31,8 @@ class RobotModel:
         home: Home joint positions, one per controlled joint (end effector pointing down, centred in
             the reach workspace).
         description: One line for humans.
+        kind: ``"arm"`` (fixed base, end-effector tasks), ``"quadruped"`` or ``"planar"`` (locomotion).
+        loader: ``"urdf"`` or ``"mjcf"`` (how ``urdf`` is loaded).
     """
 
     name: str
@@ -38,6 +40,8 @@ class RobotModel:
     ee_link: int
     home: tuple[float, ...]
     description: str
+    kind: str = "arm"
+    loader: str = "urdf"
 
     @property
     def num_joints(self) -> int:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from fleet.tasks import Task
 from learner.adaptation import Params, TaskData, adapt_batched, log_prob, unstack
 from learner.config import LearnerConfig
 from learner.losses import (
@@ -46,9 +47,11 @@ class MetaLearner(abc.ABC):
     """Holds theta, adapts it per task, and updates it from support/query batches."""
 
     algorithm: str = "base"
+    trial_episodes: int = 1  # episodes that share a recurrent state (RL^2 trials); 1 = independent episodes
 
-    def __init__(self, spec: PolicySpec, config: LearnerConfig):
+    def __init__(self, spec: PolicySpec, config: LearnerConfig, train_tasks: Sequence[Task] = ()):
         self.config = config
+        self.train_tasks = tuple(train_tasks)  # what one-hot task ids and per-task heads index
         self.device = resolve_device(config.device)
         self.policy = GaussianMLPPolicy(spec, config.init_std).to(self.device)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.outer_lr)
@@ -62,6 +65,10 @@ class MetaLearner(abc.ABC):
     @abc.abstractmethod
     def update(self, support: Sequence[Batch], query: Sequence[Batch]) -> dict[str, float]:
         """One meta-update of theta; returns scalar metrics."""
+
+    def context_for(self, task: Task) -> tuple[float, ...]:
+        """The task vector a task-conditioned policy sees for `task` (empty: not conditioned)."""
+        return ()
 
     # ---- shared machinery ----------------------------------------------------------------
     def params(self) -> Params:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -52,9 +52,15 @@ class WorkersConfig(_Strict):
     num_workers: int = Field(2, ge=1, le=1024, description="rollout workers (1 CPU each under Ray)")
 
 
+ALGORITHMS = ("maml", "reptile", "metasgd", "rl2", "mtppo", "single_task")
+MULTI_TASK = ("mtppo", "single_task")
+
+
 class LearnerConfig(_Strict):
-    algorithm: Literal["maml", "mtppo"] = Field("maml", description="meta-learner or multi-task baseline")
-    first_order: bool = Field(False, description="MAML: drop second-order terms (FO-MAML)")
+    algorithm: Literal["maml", "reptile", "metasgd", "rl2", "mtppo", "single_task"] = Field(
+        "maml", description="maml | reptile | metasgd | rl2 (meta-learners); mtppo | single_task (multi-task "
+        "baselines: one shared policy / one independent network per training task)")
+    first_order: bool = Field(False, description="MAML/Meta-SGD: drop second-order terms (FO-MAML)")
     inner_lr: float = Field(0.1, gt=0, description="adaptation step size alpha")
     inner_steps: int = Field(1, ge=1, le=10, description="inner gradient steps during meta-training")
     outer_lr: float = Field(1e-3, gt=0, description="Adam step size of the meta-update")
@@ -67,6 +73,44 @@ class LearnerConfig(_Strict):
     hidden_sizes: tuple[int, ...] = Field((64, 64), min_length=1, description="policy MLP hidden sizes")
     init_std: float = Field(1.0, gt=0, description="initial action standard deviation")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when present")
+    placement: Literal["auto", "driver", "actor"] = Field(
+        "auto", description="where the learner runs under Ray: auto = a GPU actor when the cluster has GPUs, "
+        "else in the driver process; actor = always a Ray actor")
+    minibatches: int = Field(1, ge=1, description="PPO minibatches of tasks per epoch (shuffled with the "
+                             "learner's torch RNG)")
+    # ---- multi-task learning
+    conditioning: Literal["none", "concat", "additive", "multihead", "film"] = Field(
+        "none", description="mtppo: how the task enters the policy: none (task-agnostic), concat (appended to the "
+        "observation), additive (a learned embedding added to the first hidden layer), multihead (one output "
+        "head per training task), film (multiplicative: per-layer scale and shift from the task)")
+    task_encoding: Literal["onehot", "params"] = Field(
+        "onehot", description="the task vector: onehot (training-task id; a held-out task gets the uniform "
+        "vector) or params (the task's numeric parameters, flattened)")
+    normalization: Literal["per_task", "global"] = Field(
+        "per_task", description="advantage normalisation per task (tasks on one scale) or over the whole batch")
+    task_weights: dict[str, float] = Field(
+        default_factory=dict, description="loss weight per family name or task id (default 1.0)")
+    pcgrad: bool = Field(False, description="mtppo: project conflicting per-task gradients (PCGrad)")
+    # ---- meta-learning
+    reptile_step: float = Field(1.0, gt=0, le=1, description="Reptile: theta += step * mean(phi - theta) fed "
+                                "to Adam as a pseudo-gradient scale")
+    rl2_hidden: int = Field(64, ge=1, description="RL^2: GRU hidden size")
+    trial_episodes: int = Field(2, ge=1, description="RL^2: episodes per trial sharing one hidden state")
+
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LearnerConfig:
+        if self.conditioning != "none" and self.algorithm != "mtppo":
+            raise ValueError(f"conditioning {self.conditioning!r} applies to algorithm 'mtppo' only "
+                             f"(got algorithm {self.algorithm!r}); meta-learners infer the task from reward")
+        if self.pcgrad and self.algorithm != "mtppo":
+            raise ValueError(f"pcgrad applies to algorithm 'mtppo' only, got {self.algorithm!r}")
+        if self.algorithm == "rl2" and self.trial_episodes < 2:
+            raise ValueError("rl2 needs trial_episodes >= 2: the hidden state must carry across episodes")
+        for key, weight in self.task_weights.items():
+            if not weight > 0:
+                raise ValueError(f"task_weights[{key!r}] must be > 0, got {weight!r}")
+        return self
 
 
 class TrainConfig(_Strict):
@@ -107,6 +151,16 @@ class Config(_Strict):
     learner: LearnerConfig = LearnerConfig()
     train: TrainConfig = TrainConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        n = self.learner.trial_episodes
+        if self.learner.algorithm == "rl2":
+            for key in ("episodes_per_task", "eval_episodes"):
+                if getattr(self.train, key) % n:
+                    raise ValueError(f"train.{key} ({getattr(self.train, key)}) must be a multiple of "
+                                     f"learner.trial_episodes ({n}) for rl2")
+        return self
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
@@ -176,7 +230,8 @@ def format_errors(exc: ValidationError) -> str:
             lines.append(f"  {key}: unknown key (expected one of: {known})")
         else:
             msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"  {key}: {msg} (got {err.get('input')!r})")
+            got = err.get("input")  # a cross-field check gets its whole section: the message names the keys
+            lines.append(f"  {key or 'config'}: {msg}" + ("" if isinstance(got, dict) else f" (got {got!r})"))
     return "\n".join(lines)
 
 

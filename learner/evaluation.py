@@ -93,14 +93,23 @@ def meta_evaluate(
     seed: int = 0,
     version: str = "eval",
 ) -> EvalResult:
-    """Evaluate theta and its 1..max(steps) step adaptations on `tasks` (no theta update)."""
+    """Evaluate theta and its 1..max(steps) step adaptations on `tasks` (no theta update).
+
+    A learner that adapts in context instead of by gradient steps (RL^2) defines
+    `evaluate_in_context(pool, tasks, robot, steps, episodes, horizon, seed, version)`: there
+    step k is the k-th episode of a trial (k context episodes seen).
+    """
+    in_context = getattr(learner, "evaluate_in_context", None)
+    if in_context is not None:
+        return in_context(pool, tasks, robot, steps, episodes, horizon, seed, version)
     result = EvalResult(steps=list(steps), task_ids=[t.task_id for t in tasks])
     theta_weights = learner.policy_weights(f"{version}/theta")
     weights = {t.task_id: theta_weights for t in tasks}
     params = None
     for k in range(max(steps) + 1):
         requests = [
-            SampleRequest(t, robot, weights[t.task_id].version, episodes, horizon, request_seed(seed, k, i, 7), "eval")
+            SampleRequest(t, robot, weights[t.task_id].version, episodes, horizon, request_seed(seed, k, i, 7), "eval",
+                          context=learner.context_for(t))
             for i, t in enumerate(tasks)
         ]
         batches = pool.sample(requests, {w.version: w for w in weights.values()})

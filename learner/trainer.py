@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,13 +19,11 @@ import torch
 
 import fleet
 from fleet.robots import RobotSpec
-from fleet.tasks import TaskDistribution
+from fleet.tasks import Task, TaskDistribution
 from learner.base import MetaLearner
 from learner.checkpoint import load_newest, save_checkpoint
 from learner.config import Config, LearnerConfig
 from learner.evaluation import EvalResult, meta_evaluate, request_seed
-from learner.maml import MAML
-from learner.mtppo import MultiTaskPPO
 from learner.plots import adaptation_figure
 from learner.progress import Progress
 from learner.tracking import Tracker, check_tracking_uri, resolve_tracking_uri
@@ -32,12 +32,26 @@ from workers.policy import PolicySpec
 from workers.pool import WorkerPool, make_pool
 
 log = logging.getLogger(__name__)
-LEARNERS: dict[str, type[MetaLearner]] = {"maml": MAML, "mtppo": MultiTaskPPO}
+# algorithm -> "module:class", imported on use so one learner's dependencies never load for another.
+LEARNERS: dict[str, str] = {
+    "maml": "learner.maml:MAML",
+    "metasgd": "learner.metasgd:MetaSGD",
+    "reptile": "learner.reptile:Reptile",
+    "rl2": "learner.rl2:RL2",
+    "mtppo": "learner.mtppo:MultiTaskPPO",
+    "single_task": "learner.single_task:SingleTaskPPO",
+}
 SUPPORT, QUERY = 1, 2
 
 
-def make_learner(spec: PolicySpec, config: LearnerConfig) -> MetaLearner:
-    return LEARNERS[config.algorithm](spec, config)
+def learner_class(algorithm: str) -> type[MetaLearner]:
+    module, _, name = LEARNERS[algorithm].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def make_learner(spec: PolicySpec, config: LearnerConfig, train_tasks: Sequence[Task] = ()) -> MetaLearner:
+    """The configured learner; `train_tasks` fixes task ids (one-hot contexts, per-task heads/networks)."""
+    return learner_class(config.algorithm)(spec, config, train_tasks)
 
 
 def env_spaces(cfg: Config) -> tuple[PolicySpec, dict]:
@@ -86,8 +100,8 @@ class Trainer:
     def __init__(self, cfg: Config, pool: WorkerPool, tracker: Tracker, spec: PolicySpec, spaces: dict):
         self.cfg, self.pool, self.tracker, self.spaces = cfg, pool, tracker, spaces
         torch.manual_seed(cfg.train.seed)
-        self.learner = make_learner(spec, cfg.learner)
         self.tasks = task_distribution(cfg)
+        self.learner = make_learner(spec, cfg.learner, self.tasks.tasks("train"))
         self.robot = robot_of(cfg)
         self.iteration, self.env_steps, self.wall_seconds = 0, 0, 0.0
         self.checkpoint_dir = Path(cfg.tracking.checkpoint_dir) / tracker.run_id
@@ -123,7 +137,8 @@ class Trainer:
         return [
             SampleRequest(task, self.robot, v, cfg.train.episodes_per_task, cfg.fleet.horizon,
                           request_seed(cfg.train.seed, self.iteration, i, phase),
-                          "support" if phase == SUPPORT else "query")
+                          "support" if phase == SUPPORT else "query",
+                          context=self.learner.context_for(task), trial_episodes=self.learner.trial_episodes)
             for i, (task, v) in enumerate(zip(tasks, versions))
         ]
 

@@ -28,10 +28,15 @@ class SampleRequest:
     seed: int
     phase: str = "support"
     deterministic: bool = False
+    context: tuple[float, ...] = ()  # task vector for task-conditioned policies (empty = none)
+    trial_episodes: int = 1  # consecutive episodes sharing a recurrent state (RL^2 trials)
 
     def __post_init__(self) -> None:
         if self.episodes < 1 or self.horizon < 1:
             raise ValueError(f"episodes and horizon must be >= 1, got {self.episodes}, {self.horizon}")
+        if self.trial_episodes < 1 or self.episodes % self.trial_episodes:
+            raise ValueError(f"episodes ({self.episodes}) must be a multiple of trial_episodes "
+                             f"({self.trial_episodes})")
         if self.phase not in PHASES:
             raise ValueError(f"unknown phase {self.phase!r}; expected one of {PHASES}")
 
@@ -41,7 +46,10 @@ class Batch:
     """`episodes` x `horizon` transitions of one task. Padded steps have mask 0.
 
     Arrays: obs [E, H, obs_dim], actions [E, H, act_dim], logp [E, H] (behaviour policy),
-    rewards [E, H], mask [E, H], success [E] (success flag at the episode's last step).
+    rewards [E, H], mask [E, H], success [E] (success flag at the episode's last step),
+    context [C] (the task vector the policy saw; empty when unconditioned). With trials
+    (RL^2), episodes are trial-major: trial 0's episodes 0..n-1, then trial 1's, ...
+    A step the env's guard flagged (non-finite or exploding state) has mask 0: learners drop it.
     """
 
     obs: np.ndarray
@@ -57,6 +65,8 @@ class Batch:
     worker_id: int = -1
     seq: int = -1
     stats: dict = field(default_factory=dict)
+    context: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    trial_episodes: int = 1
 
     @property
     def num_episodes(self) -> int:

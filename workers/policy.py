@@ -24,12 +24,25 @@ class PolicySpec:
     act_dim: int
     hidden_sizes: tuple[int, ...] = (64, 64)
     activation: str = "tanh"
+    kind: str = "mlp"  # "mlp" (feed-forward) or "gru" (recurrent, RL^2)
+    conditioning: str = "none"  # how a task context enters an mlp: see CONDITIONING
+    context_dim: int = 0  # length of the task context vector (0 = no context)
+    num_heads: int = 1  # output heads (conditioning="multihead": one per training task)
 
     def __post_init__(self) -> None:
         if self.obs_dim <= 0 or self.act_dim <= 0:
             raise ValueError(f"obs_dim and act_dim must be positive, got {self.obs_dim}, {self.act_dim}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}; expected one of {sorted(ACTIVATIONS)}")
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown policy kind {self.kind!r}; expected one of {KINDS}")
+        if self.conditioning not in CONDITIONING:
+            raise ValueError(f"unknown conditioning {self.conditioning!r}; expected one of {CONDITIONING}")
+        if (self.conditioning == "none") != (self.context_dim == 0):
+            raise ValueError(f"conditioning {self.conditioning!r} needs context_dim > 0 exactly when it is "
+                             f"not 'none', got context_dim={self.context_dim}")
+        if self.num_heads < 1 or (self.num_heads > 1 and self.conditioning != "multihead"):
+            raise ValueError(f"num_heads > 1 only with conditioning='multihead', got {self.num_heads}")
 
     def to_dict(self) -> dict:
         return {
@@ -37,15 +50,24 @@ class PolicySpec:
             "act_dim": self.act_dim,
             "hidden_sizes": list(self.hidden_sizes),
             "activation": self.activation,
+            "kind": self.kind,
+            "conditioning": self.conditioning,
+            "context_dim": self.context_dim,
+            "num_heads": self.num_heads,
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> PolicySpec:
+        # Fields added after the first artifacts have defaults, so older manifests still load.
         return cls(
             obs_dim=int(data["obs_dim"]),
             act_dim=int(data["act_dim"]),
             hidden_sizes=tuple(int(h) for h in data["hidden_sizes"]),
             activation=str(data.get("activation", "tanh")),
+            kind=str(data.get("kind", "mlp")),
+            conditioning=str(data.get("conditioning", "none")),
+            context_dim=int(data.get("context_dim", 0)),
+            num_heads=int(data.get("num_heads", 1)),
         )
 
     def weight_names(self) -> list[str]:
@@ -56,6 +78,8 @@ class PolicySpec:
         return [*names, "mean_head.weight", "mean_head.bias", "log_std"]
 
 
+KINDS = ("mlp", "gru")
+CONDITIONING = ("none", "concat", "additive", "multihead", "film")
 ACTIVATIONS = {"tanh": np.tanh, "relu": lambda x: np.maximum(x, 0.0)}
 
 
@@ -107,8 +131,11 @@ class NumpyGaussianPolicy:
         z = (actions - mu) / np.exp(self.log_std)
         return -0.5 * np.sum(z * z, axis=-1) - np.sum(self.log_std) - 0.5 * self.spec.act_dim * LOG_2PI
 
-    def sample(self, obs: np.ndarray, rng: np.random.Generator, deterministic: bool = False):
-        """Actions and their log-probabilities under this policy."""
+    recurrent = False
+
+    def sample(self, obs: np.ndarray, rng: np.random.Generator, deterministic: bool = False,
+               context: np.ndarray | None = None):
+        """Actions and their log-probabilities under this policy (`context`: the task vector, if conditioned)."""
         mu = self.mean(obs)
         if deterministic:
             actions = mu
@@ -116,3 +143,12 @@ class NumpyGaussianPolicy:
             noise = rng.standard_normal(mu.shape).astype(np.float32)
             actions = mu + noise * np.exp(self.log_std)
         return actions.astype(np.float32), self._log_prob_at(mu, actions).astype(np.float32)
+
+
+def make_policy(weights: PolicyWeights):
+    """The numpy policy for `weights.spec.kind`: feed-forward Gaussian MLP or recurrent (RL^2) GRU."""
+    if weights.spec.kind == "gru":
+        from workers.recurrent import NumpyRecurrentPolicy
+
+        return NumpyRecurrentPolicy(weights)
+    return NumpyGaussianPolicy(weights)

@@ -17,11 +17,14 @@ def rollout(
     horizon: int,
     seed: int,
     deterministic: bool = False,
+    context: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Run one episode per env on the same task; return [E, H, ...] arrays.
 
     Env resets and action noise are drawn from `seed` alone, so the same call gives the same
-    arrays on any worker. Steps after an env ends are padding (mask 0).
+    arrays on any worker. Steps after an env ends are padding (mask 0). A step whose info
+    carries `guard` (the env's guard found a non-finite or exploding state and reset the env)
+    ends the episode and gets mask 0, so learners drop it; `guard_trips` counts them.
     """
     n = len(envs)
     seeds = np.random.SeedSequence(seed)
@@ -37,10 +40,11 @@ def rollout(
         "rewards": np.zeros((n, horizon), np.float32),
         "mask": np.zeros((n, horizon), np.float32),
         "success": np.zeros(n, bool),
+        "guard_trips": 0,
     }
     alive = np.ones(n, bool)
     for t in range(horizon):
-        actions, logp = policy.sample(obs, rng, deterministic)
+        actions, logp = policy.sample(obs, rng, deterministic, context=context)
         out["obs"][:, t], out["actions"][:, t], out["logp"][:, t] = obs, actions, logp
         out["mask"][:, t] = alive
         for i in np.flatnonzero(alive):
@@ -48,7 +52,10 @@ def rollout(
             obs[i] = next_obs
             out["rewards"][i, t] = reward
             out["success"][i] = bool(info.get("success", False))
-            if terminated or truncated:
+            if info.get("guard"):
+                out["mask"][i, t] = 0.0
+                out["guard_trips"] += 1
+            if terminated or truncated or info.get("guard"):
                 alive[i] = False
         if not alive.any():
             break

@@ -10,10 +10,11 @@ import time
 from collections.abc import Callable, Sequence
 
 import gymnasium as gym
+import numpy as np
 
 from fleet.robots import RobotSpec
 from workers.batch import Batch, SampleRequest
-from workers.policy import NumpyGaussianPolicy, PolicyWeights
+from workers.policy import NumpyGaussianPolicy, PolicyWeights, make_policy
 from workers.rollout import rollout
 
 EnvFactory = Callable[[str, RobotSpec, int], gym.Env]
@@ -52,7 +53,7 @@ class RolloutWorker:
             if version not in policies:
                 if version not in weights:
                     raise KeyError(f"no weights sent for policy version {version!r}; have {sorted(weights)}")
-                policies[version] = NumpyGaussianPolicy(weights[version])
+                policies[version] = make_policy(weights[version])
         batches = []
         for request in requests:
             try:
@@ -75,11 +76,22 @@ class RolloutWorker:
                 env.close()
         self._envs.clear()
 
-    def _serve(self, request: SampleRequest, policy: NumpyGaussianPolicy) -> Batch:
-        envs = self._envs_for(request.task.family, request.robot, request.horizon, request.episodes)
+    def _serve(self, request: SampleRequest, policy: NumpyGaussianPolicy) -> Batch:  # or a recurrent policy
+        context = np.asarray(request.context, np.float32)
         start = time.perf_counter()
-        arrays = rollout(envs, policy, request.task.params, request.horizon, request.seed, request.deterministic)
+        if request.trial_episodes > 1 or policy.recurrent:
+            from workers.recurrent import rollout_trials
+
+            trials = request.episodes // request.trial_episodes
+            envs = self._envs_for(request.task.family, request.robot, request.horizon, trials)
+            arrays = rollout_trials(envs, policy, request.task.params, request.horizon, request.seed,
+                                    request.deterministic, request.trial_episodes, context)
+        else:
+            envs = self._envs_for(request.task.family, request.robot, request.horizon, request.episodes)
+            arrays = rollout(envs, policy, request.task.params, request.horizon, request.seed,
+                             request.deterministic, context)
         elapsed = time.perf_counter() - start
+        guard_trips = int(arrays.pop("guard_trips", 0))
         self._seq += 1
         batch = Batch(
             **arrays,
@@ -89,8 +101,10 @@ class RolloutWorker:
             phase=request.phase,
             worker_id=self.worker_id,
             seq=self._seq,
+            context=context,
+            trial_episodes=request.trial_episodes,
         )
-        batch.stats = {"sample_seconds": elapsed, "env_steps": batch.num_steps}
+        batch.stats = {"sample_seconds": elapsed, "env_steps": batch.num_steps, "guard_trips": guard_trips}
         return batch
 
     def _envs_for(self, family: str, robot: RobotSpec, horizon: int, count: int) -> list[gym.Env]:

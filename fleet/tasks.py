@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from fleet.envs.reach_family import ReachFamily
 from fleet.errors import UnknownNameError
+from fleet.families import BUILTIN_FAMILIES
 
 if TYPE_CHECKING:
     import gymnasium
@@ -93,7 +93,7 @@ class TaskFamily(Protocol):
         ...
 
 
-FAMILIES: dict[str, TaskFamily] = {"reach": ReachFamily()}
+FAMILIES: dict[str, TaskFamily] = dict(BUILTIN_FAMILIES)
 
 
 def get_family(name: str) -> TaskFamily:

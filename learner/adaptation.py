@@ -75,3 +75,8 @@ def unstack(params: Params) -> list[Params]:
     """[N, ...]-stacked params -> N per-task dicts."""
     n = next(iter(params.values())).shape[0]
     return [{k: v[i] for k, v in params.items()} for i in range(n)]
+
+
+def select(data: TaskData, index: torch.Tensor) -> TaskData:
+    """The tasks `index` of stacked per-task data."""
+    return {k: v[index.to(v.device)] for k, v in data.items()}

@@ -66,6 +66,16 @@ class MetaLearner(abc.ABC):
     def update(self, support: Sequence[Batch], query: Sequence[Batch]) -> dict[str, float]:
         """One meta-update of theta; returns scalar metrics."""
 
+    def weights_for(self, tasks: Sequence[Task], version: str) -> list[PolicyWeights]:
+        """The policy each task's support episodes are collected with: theta for all, by default
+        (a learner with one network per task returns that task's own)."""
+        return [self.policy_weights(version)] * len(tasks)
+
+    def task_minibatches(self, num_tasks: int) -> list[torch.Tensor]:
+        """Task indices of each PPO minibatch for one epoch, shuffled with torch's RNG (checkpointed)."""
+        order = torch.randperm(num_tasks) if self.config.minibatches > 1 else torch.arange(num_tasks)
+        return [chunk for chunk in torch.tensor_split(order, min(self.config.minibatches, num_tasks)) if len(chunk)]
+
     def context_for(self, task: Task) -> tuple[float, ...]:
         """The task vector a task-conditioned policy sees for `task` (empty: not conditioned)."""
         return ()

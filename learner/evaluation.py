@@ -103,8 +103,7 @@ def meta_evaluate(
     if in_context is not None:
         return in_context(pool, tasks, robot, steps, episodes, horizon, seed, version)
     result = EvalResult(steps=list(steps), task_ids=[t.task_id for t in tasks])
-    theta_weights = learner.policy_weights(f"{version}/theta")
-    weights = {t.task_id: theta_weights for t in tasks}
+    weights = dict(zip((t.task_id for t in tasks), learner.weights_for(tasks, f"{version}/theta")))
     params = None
     for k in range(max(steps) + 1):
         requests = [

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from learner.adaptation import adapt_batched, batched
+from learner.adaptation import adapt_batched, batched, select
 from learner.base import MetaLearner
 from workers.batch import Batch
 from workers.policy import PolicyWeights
@@ -24,10 +24,10 @@ class MAML(MetaLearner):
         cfg = self.config
         support_data, query_data = self.prepare(support), self.prepare(query)
         for _ in range(cfg.ppo_epochs):
-            # phi_i(theta) is recomputed every epoch: the outer gradient flows through it.
-            adapted = adapt_batched(
-                self.policy, self.params(), support_data, cfg.inner_lr, cfg.inner_steps, cfg.first_order
-            )
-            losses, kls = batched(self.ppo_terms)(adapted, query_data)
-            metrics = self.ppo_step(losses, kls)
+            for idx in self.task_minibatches(len(support)):
+                # phi_i(theta) is recomputed every step: the outer gradient flows through it.
+                adapted = adapt_batched(self.policy, self.params(), select(support_data, idx), cfg.inner_lr,
+                                        cfg.inner_steps, cfg.first_order)
+                losses, kls = batched(self.ppo_terms)(adapted, select(query_data, idx))
+                metrics = self.ppo_step(losses, kls)
         return metrics

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from learner.adaptation import batched
+from learner.adaptation import batched, select
 from learner.base import MetaLearner
 from workers.batch import Batch
 from workers.policy import PolicyWeights
@@ -24,6 +24,7 @@ class MultiTaskPPO(MetaLearner):
     def update(self, support: Sequence[Batch], query: Sequence[Batch]) -> dict[str, float]:
         data = self.prepare([*support, *query])
         for _ in range(self.config.ppo_epochs):
-            losses, kls = batched(self.ppo_terms, per_task_params=False)(self.params(), data)
-            metrics = self.ppo_step(losses, kls)
+            for idx in self.task_minibatches(len(support) + len(query)):
+                losses, kls = batched(self.ppo_terms, per_task_params=False)(self.params(), select(data, idx))
+                metrics = self.ppo_step(losses, kls)
         return metrics

@@ -114,8 +114,9 @@ class Trainer:
         started = time.perf_counter()
         tasks = self.tasks.sample(cfg.train.meta_batch_size, "train")
         version = f"it{it}"
-        theta = {version: self.learner.policy_weights(version)}
-        support = self.pool.sample(self._requests(tasks, version, SUPPORT), theta)
+        behaviour = self.learner.weights_for(tasks, version)
+        support_requests = self._requests(tasks, [w.version for w in behaviour], SUPPORT)
+        support = self.pool.sample(support_requests, {w.version: w for w in behaviour})
         adapted = self.learner.adapt_for_training(support, version)
         query_requests = self._requests(tasks, [w.version for w in adapted], QUERY)
         query = self.pool.sample(query_requests, {w.version: w for w in adapted})

@@ -33,6 +33,16 @@ class RobotModel:
         description: One line for humans.
         kind: ``"arm"`` (fixed base, end-effector tasks), ``"quadruped"`` or ``"planar"`` (locomotion).
         loader: ``"urdf"`` or ``"mjcf"`` (how ``urdf`` is loaded).
+        held_joints: ``(joint index, position)`` pairs held still by the motors and never controlled
+            (the panda's fingers, closed); they are not among the controlled ``joints``.
+        joints: Indices of the controlled joints, one per ``home`` entry, for models whose controlled joints
+            are not ``0..num_joints-1`` (legged robots: root, fixed and toe joints sit in between).
+        max_forces: Motor force/torque limit per controlled joint; empty = the file's limits.
+        link_masses: ``(link index, kg)`` overrides applied at load, before ``RobotSpec.link_mass_scale``.
+        damping_scale: Multiplies ``RobotSpec.joint_damping`` for this model. pybullet applies joint damping
+            explicitly, so light links bound the stable value: the fleet's 0..20 range maps onto what the model
+            takes (measured under random actions: the cheetah blows up from ~2 N m s/rad, the A1 from ~3, and
+            from less with lighter links or a failed motor: the scales leave 4-10x margin at link_mass_scale 1).
     """
 
     name: str
@@ -42,6 +52,11 @@ class RobotModel:
     description: str
     kind: str = "arm"
     loader: str = "urdf"
+    held_joints: tuple[tuple[int, float], ...] = ()
+    joints: tuple[int, ...] = ()
+    max_forces: tuple[float, ...] = ()
+    link_masses: tuple[tuple[int, float], ...] = ()
+    damping_scale: float = 1.0
 
     @property
     def num_joints(self) -> int:
@@ -59,6 +74,49 @@ ROBOT_MODELS: dict[str, RobotModel] = {
         ee_link=6,
         home=(0.0, 0.625, 0.0, -1.526, 0.0, 0.99, 0.0),
         description="KUKA LBR iiwa 7-DoF arm, fixed base at the origin",
+    ),
+    # Panda: joints 0-6 are the arm, 9-10 the fingers (held closed); the end effector is link 8, the hand
+    # frame (at the flange). Its home pose was solved with pybullet IK (20 re-linearised rounds from the
+    # guess (0, -0.3, 0, -2.2, 0, 2.0, -2.35)) for the hand at (0.58, 0.0, 0.40) m pointing straight down.
+    # From there the IK reaches the whole reach goal region except its far-high corner (0.75, +-0.2, 0.5),
+    # which stays ~2.4 cm away (the arm is fully stretched): inside the 5 cm success radius.
+    "panda": RobotModel(
+        name="panda",
+        urdf="franka_panda/panda.urdf",
+        ee_link=8,
+        home=(0.0, 0.122, 0.0, -1.996, 0.0, 2.118, -2.356),
+        description="Franka Emika Panda 7-DoF arm, fingers held closed, fixed base at the origin",
+        held_joints=((9, 0.0), (10, 0.0)),
+    ),
+    # pybullet_data's copy of the MuJoCo cheetah gives each foot an explicit 10 kg inertial (40 kg in all) and
+    # pybullet ignores settotalmass: the link masses below restore MuJoCo's (14 kg, geometry-derived, as in the
+    # MAML/gym HalfCheetah). Motor limits are the file's gears (ctrlrange ±1). Links: 3 torso, then thigh, shin,
+    # foot of the back (5, 7, 9) and front (11, 13, 15) leg. Home is 0 except ffoot, whose range is [-3.1, -0.3].
+    "half_cheetah": RobotModel(
+        name="half_cheetah",
+        urdf="mjcf/half_cheetah.xml",
+        ee_link=3,
+        home=(0.0, 0.0, 0.0, 0.0, 0.0, -0.3),
+        description="MuJoCo half-cheetah (planar: root slides in x, z and pitches), 6 actuated joints",
+        kind="planar",
+        loader="mjcf",
+        joints=(4, 6, 8, 10, 12, 14),
+        max_forces=(120.0, 90.0, 60.0, 120.0, 60.0, 30.0),
+        link_masses=((3, 6.25), (5, 1.54), (7, 1.59), (9, 1.10), (11, 1.44), (13, 1.20), (15, 0.88)),
+        damping_scale=0.01,
+    ),
+    # Unitree A1 (12.5 kg): stands at a base height of 0.27 m with hips 0, thighs 0.9, calves -1.8 rad and walks
+    # with a scripted trot in pybullet (laikago, tried too, is 2x slower to simulate). Legs FR, FL, RR, RL;
+    # motor limits are the URDF's (20 N m hip, 55 N m thigh and calf).
+    "a1": RobotModel(
+        name="a1",
+        urdf="a1/a1.urdf",
+        ee_link=-1,
+        home=(0.0, 0.9, -1.8) * 4,
+        description="Unitree A1 quadruped, 12 actuated joints, free-floating base",
+        kind="quadruped",
+        joints=(1, 3, 4, 6, 8, 9, 11, 13, 14, 16, 18, 19),
+        damping_scale=0.025,
     ),
 }
 

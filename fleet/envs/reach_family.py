@@ -65,6 +65,7 @@ class ReachFamily:
     name = "reach"
     description = "move the end effector to a hidden goal in a 34x40x20 cm box (dense reward)"
     param_names = ("goal",)
+    robot_kinds = ("arm",)
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
         """Draw one goal uniformly from the goal region."""
@@ -78,7 +79,9 @@ class ReachFamily:
     def make_env(
         self, robot: RobotSpec, horizon: int, render_mode: str | None = None
     ) -> gymnasium.Env:
-        """Build a :class:`fleet.envs.reach.ReachEnv` for ``robot``; call ``set_task`` before use."""
+        """Build a :class:`fleet.envs.reach.ReachEnv` for ``robot`` (an arm); call ``set_task`` before use."""
+        from fleet.envs.kinds import check_robot_kind
         from fleet.envs.reach import ReachEnv  # deferred: pybullet only where envs are stepped
 
+        check_robot_kind(self, robot)
         return ReachEnv(robot=robot, horizon=horizon, render_mode=render_mode)

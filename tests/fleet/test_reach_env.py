@@ -10,9 +10,10 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import fleet
+from fleet.envs.guard import GuardWrapper
 from fleet.envs.reach import ReachEnv
-from fleet.envs.reach_family import GOAL_CENTER, GOAL_HALF_EXTENTS
-from fleet.robots import RobotSpec
+from fleet.envs.reach_family import GOAL_CENTER, GOAL_HALF_EXTENTS, ReachFamily
+from fleet.robots import ROBOT_MODELS, RobotModel, RobotSpec
 
 GOAL_A = {"goal": [0.70, 0.10, 0.35]}
 GOAL_B = {"goal": [0.45, -0.15, 0.48]}
@@ -66,8 +67,38 @@ def test_make_passes_robot_and_horizon_through():
 
 def test_fleet_make_env_builds_reach():
     env = fleet.make_env("reach", RobotSpec(), horizon=7)
-    assert isinstance(env, ReachEnv) and env.horizon == 7
+    assert isinstance(env.unwrapped, ReachEnv) and env.horizon == 7
     env.close()
+
+
+def test_reach_family_rejects_robots_that_are_not_arms(monkeypatch):
+    monkeypatch.setitem(ROBOT_MODELS, "roller", RobotModel(name="roller", urdf="x.urdf", ee_link=0, home=(0.0,),
+                                                           description="test planar robot", kind="planar"))
+    assert ReachFamily().robot_kinds == ("arm",)
+    with pytest.raises(ValueError, match=r"'reach'.*\('arm',\).*'roller-1'.*'planar'"):
+        ReachFamily().make_env(RobotSpec(robot_id="roller-1", model="roller"), horizon=10)
+
+
+def test_guard_signals_are_raw_and_in_range_and_drive_the_guard():
+    env = fleet.make_env("reach", RobotSpec(), horizon=20)
+    env.reset(seed=0, options={"task": GOAL_A})
+    base = env.unwrapped
+    for _ in range(3):
+        _, _, _, _, info = env.step(np.ones(3, dtype=np.float32))
+        assert "guard" not in info
+    signals = base.guard_signals()
+    assert set(signals) == set(base.guard_limits)
+    assert all(lo <= signals[k] <= hi for k, (lo, hi) in base.guard_limits.items()), signals
+    velocities = [state[1] for state in base._bullet.getJointStates(base._body, range(7))]
+    assert signals["joint_speed"] == pytest.approx(max(abs(v) for v in velocities)) and signals["joint_speed"] > 0
+    env.close()
+    strict = ReachEnv()
+    strict.guard_limits = {**strict.guard_limits, "ee_speed": (0.0, 0.05)}  # a moving hand now "explodes"
+    guarded = GuardWrapper(strict)
+    guarded.reset(seed=0, options={"task": GOAL_A})
+    _, reward, _, truncated, info = guarded.step(np.ones(3, dtype=np.float32))
+    assert info["guard"] == "ee_speed" and truncated and reward == 0.0
+    strict.close()
 
 
 def test_observation_bounds_finite_and_respected(env):

@@ -51,9 +51,9 @@ def test_spec_rejects_bad_values(field, value, message):
 
 
 def test_unknown_model_is_an_unknown_name_error():
-    with pytest.raises(UnknownNameError, match=r"unknown robot model 'ur5'; known: kuka_iiwa"):
+    with pytest.raises(UnknownNameError, match=r"unknown robot model 'ur5'; known: .*kuka_iiwa"):
         RobotSpec(model="ur5")
-    with pytest.raises(ValueError, match="known: kuka_iiwa"):
+    with pytest.raises(ValueError, match=r"known: .*kuka_iiwa"):
         get_robot_model("ur5")
 
 

@@ -1,0 +1,278 @@
+"""ArmEnv: the pybullet machinery shared by the fixed-base arm tasks (reach, push).
+
+One private DIRECT client per env holds a plane and one arm of the fleet (any ``RobotModel`` of kind
+``"arm"``): the model's controlled joints (default ``0..n-1``), its held joints (e.g. the panda's closed fingers) kept
+still, and the robot's variation (link masses, joint damping, motor strength) applied. Subclasses add
+their own bodies, then call :meth:`ArmEnv._snapshot`, define the spaces and implement ``reset``/``step``
+with :meth:`ArmEnv._restore`, :meth:`ArmEnv._move_ee` and :meth:`ArmEnv._read_arm`.
+
+End-effector control: a world-frame target is turned into joint targets by pybullet IK with the
+end-effector link pointing straight down, and tracked by position control for ``substeps`` physics
+steps at 240 Hz.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import gymnasium
+import numpy as np
+
+from fleet.envs.quiet import quiet_stdout
+
+with quiet_stdout():
+    import pybullet
+    import pybullet_data
+    from pybullet_utils import bullet_client
+
+from fleet.robots import RobotModel, RobotSpec, get_robot_model
+
+PHYSICS_HZ = 240
+# Generous box around anything a fixed-base arm at the origin can reach; only there to make bounds finite.
+EE_POS_LOW = (-1.5, -1.5, -0.5)
+EE_POS_HIGH = (1.5, 1.5, 2.0)
+MAX_EE_SPEED = 10.0
+MAX_JOINT_SPEED = 10.0  # the iiwa URDF's joint velocity limit (the panda's is 2.6 rad/s)
+# Each target is at most a few cm from the current pose and pybullet starts IK from the current joint
+# state, so few iterations suffice; IK is ~a third of the step cost. Measured here: 10 iterations reach
+# every goal of a 5x5x5 grid; 3 leave some corners unreached.
+IK_ITERATIONS = 10
+# pybullet's default gain (0.1) moves the joints only ~1/3 of the way to their targets in 4 substeps,
+# so the end effector lags the action; 0.5 follows ~90% of a commanded step, 1.0 overshoots.
+POSITION_GAIN = 0.5
+# Guard limits on raw signals. Tracking a 3 cm step never needs more than ~3 rad/s or 1 m/s, and a
+# pushed block weighs at most a few N; values this far out only come from a blown-up simulation.
+ARM_GUARD_LIMITS: dict[str, tuple[float, float]] = {
+    "joint_speed": (0.0, 40.0),     # max |joint velocity|, rad/s
+    "ee_speed": (0.0, 10.0),        # |end-effector linear velocity|, m/s
+    "ee_position": (0.0, 3.0),      # max |coordinate| of the end effector, m
+    "contact_force": (0.0, 1e4),    # max normal force of any contact on the robot, N
+}
+
+
+def down_orientation() -> tuple[float, float, float, float]:
+    """The quaternion that points an end-effector link's z axis straight down (world -z)."""
+    return tuple(pybullet.getQuaternionFromEuler([0.0, -math.pi, 0.0]))  # type: ignore[return-value]
+
+
+class ArmEnv(gymnasium.Env):
+    """Base class of the arm envs: physics client, robot, variation, IK control, state reads, render.
+
+    Args:
+        robot: The fleet member to simulate (or its ``to_dict()`` form); default ``RobotSpec()``.
+        horizon: Steps per episode; ``truncated`` is True at the last one.
+        render_mode: ``None`` or ``"rgb_array"``.
+        substeps: Physics steps (at 240 Hz) per action.
+        joint_noise: Half-width (rad) of the seeded uniform noise added to the home pose on reset.
+        render_size: ``(width, height)`` of rendered frames.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": PHYSICS_HZ // 4}
+    guard_limits: dict[str, tuple[float, float]] = ARM_GUARD_LIMITS
+    camera_target: tuple[float, float, float] = (0.3, 0.0, 0.3)
+    camera: dict[str, float] = {"distance": 1.3, "yaw": 50.0, "pitch": -25.0}
+
+    def __init__(
+        self,
+        robot: RobotSpec | dict[str, Any] | None,
+        horizon: int,
+        render_mode: str | None,
+        *,
+        substeps: int,
+        joint_noise: float,
+        render_size: tuple[int, int],
+    ) -> None:
+        if isinstance(robot, dict):
+            robot = RobotSpec.from_dict(robot)
+        self.robot = robot if robot is not None else RobotSpec()
+        if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
+            raise ValueError(f"horizon must be a positive int, got {horizon!r}")
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        if substeps < 1 or joint_noise < 0:
+            raise ValueError(f"substeps must be >= 1 and joint_noise >= 0, got {substeps!r}, {joint_noise!r}")
+        self._model = arm_model(self.robot, type(self).__name__)
+        self.horizon = horizon
+        self.render_mode = render_mode
+        self.substeps = int(substeps)
+        self.joint_noise = float(joint_noise)
+        self.render_size = render_size
+        self.metadata = {**self.metadata, "render_fps": round(PHYSICS_HZ / self.substeps)}
+        self._joints = list(self._model.joints) or list(range(self._model.num_joints))
+        self._home = list(self._model.home)
+        self._t = 0
+        self._connect_and_load()
+
+    # ----------------------------------------------------------------------------------- setup
+    def _connect_and_load(self) -> None:
+        """Start the private physics client, load plane + robot, apply this robot's variation."""
+        with quiet_stdout():
+            self._bullet = bullet_client.BulletClient(connection_mode=pybullet.DIRECT)
+        client = self._bullet
+        client.setGravity(0.0, 0.0, -9.81)
+        client.setTimeStep(1.0 / PHYSICS_HZ)
+        client.setPhysicsEngineParameter(deterministicOverlappingPairs=1)
+        data = pybullet_data.getDataPath()
+        self._plane = client.loadURDF(os.path.join(data, "plane.urdf"))
+        self._body = client.loadURDF(os.path.join(data, self._model.urdf), useFixedBase=True)
+        self._num_links = client.getNumJoints(self._body)
+        infos = [client.getJointInfo(self._body, j) for j in range(self._num_links)]
+        self._setup_ik(infos)
+        self._lower = [infos[j][8] for j in self._joints]
+        self._upper = [infos[j][9] for j in self._joints]
+        self._apply_variation([infos[j][6] for j in self._joints], [infos[j][10] for j in range(self._num_links)])
+        self._down = down_orientation()
+        # BulletClient rebuilds a functools.partial on every attribute access; bind the hot calls once.
+        self._ik = client.calculateInverseKinematics
+        self._motor = client.setJointMotorControlArray
+        self._step_sim = client.stepSimulation
+        self._joint_states = client.getJointStates
+        self._link_state = client.getLinkState
+        self._reset_joint = client.resetJointState
+        self._contacts = client.getContactPoints
+        self._set_joints(self._home)
+
+    def _setup_ik(self, infos: list[tuple]) -> None:
+        """IK works on every movable joint (fingers too): map its output back to the controlled joints."""
+        dofs = [j for j, info in enumerate(infos) if info[2] != pybullet.JOINT_FIXED]
+        missing = [j for j in self._joints if j not in dofs]
+        if missing:
+            raise ValueError(f"robot model {self._model.name!r}: controlled joints {missing} are fixed joints")
+        held = dict(self._model.held_joints)
+        self._held = list(held)
+        self._held_targets = [held[j] for j in self._held]
+        self._ik_lower = [infos[j][8] for j in dofs]
+        self._ik_upper = [infos[j][9] for j in dofs]
+        self._ik_ranges = [u - lo for lo, u in zip(self._ik_lower, self._ik_upper, strict=True)]
+        self._ik_dofs = dofs
+        # The common case (KUKA): IK's output is already the controlled joints' targets.
+        self._ik_pick = None if dofs == self._joints else [dofs.index(j) for j in self._joints]
+
+    def _ik_rest(self) -> list[float]:
+        """IK null-space rest pose: home for the controlled joints, the held position for the others."""
+        rest = dict(zip(self._joints, self._home, strict=True))
+        rest.update(zip(self._held, self._held_targets, strict=True))
+        return [rest.get(j, 0.0) for j in self._ik_dofs]
+
+    def _apply_variation(self, urdf_damping: list[float], urdf_max_force: list[float]) -> None:
+        """Scale link masses, add joint damping, scale motor forces as this robot's spec says."""
+        client, spec = self._bullet, self.robot
+        for link in range(-1, self._num_links):
+            info = client.getDynamicsInfo(self._body, link)
+            mass, inertia = info[0], info[2]
+            if mass > 0:  # the fixed base has mass 0 (static); scaling it would make it dynamic
+                client.changeDynamics(self._body, link, mass=mass * spec.link_mass_scale,
+                                      localInertiaDiagonal=[i * spec.link_mass_scale for i in inertia])
+        for joint, damping in zip(self._joints, urdf_damping, strict=True):
+            client.changeDynamics(self._body, joint, jointDamping=damping + spec.joint_damping)
+        self._forces = [urdf_max_force[j] * spec.motor_strength for j in self._joints]
+        self._held_forces = [urdf_max_force[j] * spec.motor_strength for j in self._held]
+        self._gains = [POSITION_GAIN] * len(self._joints)
+
+    def _set_joints(self, positions: list[float]) -> None:
+        """Teleport the joints (zero velocity) and hold them, and the held joints, with the motors."""
+        for joint, q in zip(self._joints, positions, strict=True):
+            self._reset_joint(self._body, joint, q, 0.0)
+        self._motor(self._body, self._joints, pybullet.POSITION_CONTROL,
+                    targetPositions=positions, forces=self._forces)
+        if self._held:
+            for joint, q in zip(self._held, self._held_targets, strict=True):
+                self._reset_joint(self._body, joint, q, 0.0)
+            self._motor(self._body, self._held, pybullet.POSITION_CONTROL,
+                        targetPositions=self._held_targets, forces=self._held_forces)
+
+    def _solve_pose(self, target: tuple[float, float, float], rounds: int = 20) -> list[float]:
+        """Joint positions putting the end effector at ``target`` pointing down (teleporting; setup only)."""
+        rest = self._ik_rest()
+        self._set_joints(self._home)
+        for _ in range(rounds):  # re-linearise from each solution: one IK call is only a local step
+            solution = self._ik(self._body, self._model.ee_link, list(target), self._down, self._ik_lower,
+                                self._ik_upper, self._ik_ranges, rest, maxNumIterations=100)
+            self._set_joints(self._pick(solution))
+        return self._pick(solution)
+
+    def _pick(self, solution: tuple[float, ...]) -> list[float]:
+        if self._ik_pick is None:
+            return list(solution)
+        return [solution[i] for i in self._ik_pick]
+
+    def _snapshot(self) -> None:
+        """Save the state every reset returns to; call once all bodies exist (restoreState needs them)."""
+        self._set_joints(self._home)
+        self._home_state = self._bullet.saveState()
+        self._ik_rest_pose = self._ik_rest()
+
+    # --------------------------------------------------------------------------------- runtime
+    def _restore(self) -> None:
+        """Back to the snapshot, then seeded noise around home (call after ``super().reset(seed)``)."""
+        # restoreState also resets solver caches and contacts, so a reset env replays exactly like a new one.
+        self._bullet.restoreState(self._home_state)
+        noise = self.np_random.uniform(-self.joint_noise, self.joint_noise, size=len(self._joints))
+        self._set_joints([q + dq for q, dq in zip(self._home, noise.tolist(), strict=True)])
+        self._t = 0
+
+    def _move_ee(self, target: list[float]) -> None:
+        """Command the end effector to ``target`` (down-pointing) and simulate ``substeps`` physics steps."""
+        # restPoses=home: the null-space pull keeps the redundant elbow near home instead of drifting.
+        solution = self._ik(self._body, self._model.ee_link, target, self._down, self._ik_lower,
+                            self._ik_upper, self._ik_ranges, self._ik_rest_pose, maxNumIterations=IK_ITERATIONS)
+        self._motor(self._body, self._joints, pybullet.POSITION_CONTROL,
+                    targetPositions=self._pick(solution), forces=self._forces, positionGains=self._gains)
+        for _ in range(self.substeps):
+            self._step_sim()
+        self._t += 1
+
+    def _read_arm(self) -> list[float]:
+        """Read the arm once: ``[ee_pos(3), ee_vel(3), joint_pos(n), joint_vel(n)]`` raw, and cache guard values."""
+        states = self._joint_states(self._body, self._joints)
+        link = self._link_state(self._body, self._model.ee_link, computeLinkVelocity=1,
+                                computeForwardKinematics=1)
+        velocities = [s[1] for s in states]
+        self._raw_ee_pos, self._raw_ee_vel = link[4], link[6]
+        # max() drops NaN depending on position; the sum carries it, so a NaN state stays visible to the guard.
+        self._raw_joint_speed = max(abs(v) for v in velocities) + 0.0 * sum(velocities)
+        return [*link[4], *link[6], *[s[0] for s in states], *velocities]
+
+    def guard_signals(self) -> dict[str, float]:
+        """Raw (unclipped) current values of the signals in ``guard_limits``; NaN when the state is NaN."""
+        return {"joint_speed": self._raw_joint_speed, "ee_speed": math.hypot(*self._raw_ee_vel),
+                "ee_position": max(abs(x) for x in self._raw_ee_pos) + 0.0 * sum(self._raw_ee_pos),
+                "contact_force": self._max_contact_force(self._body)}
+
+    def _max_contact_force(self, body: int) -> float:
+        """Largest normal force among the current contacts of ``body`` (0 without contacts)."""
+        forces = [point[9] for point in self._contacts(bodyA=body)]
+        return max(forces) + 0.0 * sum(forces) if forces else 0.0
+
+    def render(self) -> np.ndarray | None:
+        """Return an ``(H, W, 3)`` uint8 frame (CPU tiny renderer) when ``render_mode="rgb_array"``."""
+        if self.render_mode != "rgb_array":
+            gymnasium.logger.warn("render() called without render_mode='rgb_array'; returning None")
+            return None
+        width, height = self.render_size
+        view = self._bullet.computeViewMatrixFromYawPitchRoll(
+            cameraTargetPosition=list(self.camera_target), roll=0.0, upAxisIndex=2, **self.camera)
+        proj = self._bullet.computeProjectionMatrixFOV(fov=60.0, aspect=width / height, nearVal=0.05,
+                                                       farVal=5.0)
+        _, _, rgba, _, _ = self._bullet.getCameraImage(width, height, viewMatrix=view,
+                                                       projectionMatrix=proj,
+                                                       renderer=pybullet.ER_TINY_RENDERER)
+        frame = np.asarray(rgba, dtype=np.uint8).reshape(height, width, 4)
+        return np.ascontiguousarray(frame[:, :, :3])
+
+    def close(self) -> None:
+        """Disconnect the physics client (idempotent)."""
+        if getattr(self, "_bullet", None) is not None:
+            self._bullet.disconnect()
+            self._bullet = None
+
+
+def arm_model(robot: RobotSpec, env_name: str) -> RobotModel:
+    """The robot's model, which must be an arm; otherwise ``ValueError`` naming robot, kind and need."""
+    model = get_robot_model(robot.model)
+    if model.kind != "arm":
+        raise ValueError(f"{env_name} needs an arm, but robot {robot.robot_id!r} is model {model.name!r} "
+                         f"of kind {model.kind!r}; supported kinds: ('arm',)")
+    return model

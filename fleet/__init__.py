@@ -45,8 +45,23 @@ REACH_ENV_ID = "metafleet/Reach-v0"
 # No max_episode_steps: the env truncates at its own horizon, so a TimeLimit wrapper would only disagree.
 if REACH_ENV_ID not in gymnasium.registry:
     gymnasium.register(id=REACH_ENV_ID, entry_point="fleet.envs.reach:ReachEnv")
+if "metafleet/Push-v0" not in gymnasium.registry:
+    gymnasium.register(id="metafleet/Push-v0", entry_point="fleet.envs.push:PushEnv")
+# Locomotion: one env class, the task family as a kwarg (default robot: the half-cheetah).
+for _task in ("velocity", "direction", "dynamics"):
+    if f"metafleet/{_task.capitalize()}-v0" not in gymnasium.registry:
+        gymnasium.register(id=f"metafleet/{_task.capitalize()}-v0", entry_point="fleet.envs.locomotion:LocomotionEnv",
+                           kwargs={"task": _task})
+del _task
 
 
 def make_env(family: str, robot: RobotSpec, horizon: int, render_mode: str | None = None) -> gym.Env:
-    """Build ``family``'s env for ``robot`` with episodes of ``horizon`` steps (then ``set_task``)."""
-    return get_family(family).make_env(robot, horizon, render_mode=render_mode)
+    """Build ``family``'s env for ``robot`` with episodes of ``horizon`` steps (then ``set_task``).
+
+    ``family`` is a built-in name or a plugin's ``"module:object"``. Every env comes wrapped in
+    :class:`fleet.envs.guard.GuardWrapper` (non-finite actions never reach the simulator; a non-finite or
+    exploding state ends the step with ``info["guard"]`` and resets the env to the same task).
+    """
+    from fleet.envs.guard import GuardWrapper
+
+    return GuardWrapper(get_family(family).make_env(robot, horizon, render_mode=render_mode))

@@ -164,20 +164,25 @@ def cmd_eval(args) -> int:
 
 
 def cmd_tasks(args) -> int:
+    """List the task families (description, task parameters, robot kinds) and robot models."""
     from fleet.robots import ROBOT_MODELS
     from fleet.tasks import FAMILIES
 
-    families = {name: {"description": f.description, "params": list(f.param_names)} for name, f in FAMILIES.items()}
-    robots = {name: {"urdf": m.urdf, "description": m.description} for name, m in ROBOT_MODELS.items()}
+    families = {name: {"description": f.description, "params": list(f.param_names),
+                       "robot_kinds": list(getattr(f, "robot_kinds", None) or ["any"])}
+                for name, f in FAMILIES.items()}
+    robots = {name: {"kind": m.kind, "model_file": m.urdf, "loader": m.loader, "joints": m.num_joints,
+                     "description": m.description} for name, m in ROBOT_MODELS.items()}
     if args.json:
         print(json.dumps({"families": families, "robots": robots}, indent=2))
         return EXIT_OK
-    print("task families:")
+    print("task families (plugins: name one as module:object in fleet.family, see README):")
     for name, info in families.items():
-        print(f"  {name:<12} {info['description']}  (task parameters: {', '.join(info['params'])})")
+        print(f"  {name:<12} {info['description']}")
+        print(f"  {'':<12} task parameters: {', '.join(info['params'])}; robots: {', '.join(info['robot_kinds'])}")
     print("robots:")
     for name, info in robots.items():
-        print(f"  {name:<12} {info['description']}  ({info['urdf']})")
+        print(f"  {name:<12} {info['kind']:<10} {info['description']}  ({info['model_file']})")
     return EXIT_OK
 
 

@@ -22,7 +22,7 @@ def write(tmp_path):
         ("learner:\n  inner_lrr: 0.1\n", [], ["learner.inner_lrr: unknown key", "inner_lr"]),
         ("learner:\n  inner_lr: fast\n", [], ["learner.inner_lr", "valid number"]),
         ("train:\n  iterations: -3\n", [], ["train.iterations", "greater than or equal to 1"]),
-        ("fleet:\n  family: juggle\n", [], ["fleet.family", "juggle", "known: reach"]),
+        ("fleet:\n  family: juggle\n", [], ["fleet.family", "juggle", "known: ", "reach"]),
         ("fleet:\n  robot: r2d2\n", [], ["fleet.robot", "r2d2", "kuka_iiwa"]),
         ("bogus: 1\n", [], ["bogus: unknown key", "learner"]),
         ("", ["learner.nope=1"], ["learner.nope: unknown key"]),

@@ -1,0 +1,1 @@
+"""Worked examples: an external task family (``nav2d``) and a curriculum (``curriculum``)."""

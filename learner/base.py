@@ -30,6 +30,7 @@ from learner.losses import (
     ppo_clip_loss,
 )
 from learner.networks import GaussianMLPPolicy, RunningNormalizer, gaussian_entropy
+from learner.pcgrad import pcgrad_backward
 from workers.batch import Batch
 from workers.policy import PolicySpec, PolicyWeights
 
@@ -110,7 +111,13 @@ class MetaLearner(abc.ABC):
         return adapted, weights
 
     def prepare(self, batches: Sequence[Batch]) -> TaskData:
-        """Stack batches into [N, E, H, ...] tensors with per-task normalised GAE advantages."""
+        """Stack batches into [N, E, H, ...] tensors with GAE advantages.
+
+        Advantages are normalised per task (`normalization: per_task`: every task on one scale) or
+        over the whole batch (`global`: tasks with larger rewards dominate the update). Also adds
+        "task_weight" [N] (`task_weights` by task id, else family, else 1) and, when the batches
+        carry task vectors, "context" [N, C].
+        """
         cfg = self.config
         keys = ("obs", "actions", "logp", "rewards", "mask")
         stacked = {key: np.stack([getattr(b, key) for b in batches]) for key in keys}
@@ -120,8 +127,20 @@ class MetaLearner(abc.ABC):
             [linear_baseline_values(o, r, m) for o, r, m in zip(t["obs"], returns, t["mask"])]
         )
         adv = gae(t["rewards"], values, t["mask"], cfg.gamma, cfg.gae_lambda)
-        adv = torch.stack([normalize_advantages(a, m) for a, m in zip(adv, t["mask"])])
-        return {"obs": t["obs"], "actions": t["actions"], "logp_old": t["logp"], "adv": adv, "mask": t["mask"]}
+        if cfg.normalization == "global":
+            adv = normalize_advantages(adv, t["mask"])
+        else:
+            adv = torch.stack([normalize_advantages(a, m) for a, m in zip(adv, t["mask"])])
+        weights = [cfg.task_weights.get(b.task.task_id, cfg.task_weights.get(b.task.family, 1.0)) for b in batches]
+        data = {"obs": t["obs"], "actions": t["actions"], "logp_old": t["logp"], "adv": adv, "mask": t["mask"],
+                "task_weight": torch.tensor(weights, dtype=torch.float32, device=self.device)}
+        contexts = [np.asarray(b.context, np.float32).reshape(-1) for b in batches]
+        lengths = sorted({len(c) for c in contexts})
+        if lengths != [0]:
+            if len(lengths) != 1:
+                raise ValueError(f"batches carry task vectors of different lengths {lengths}; expected one length")
+            data["context"] = torch.as_tensor(np.stack(contexts), device=self.device)
+        return data
 
     def observe(self, batches: Sequence[Batch]) -> None:
         """Fold new observations into the normaliser (applied from the next policy version)."""
@@ -137,12 +156,30 @@ class MetaLearner(abc.ABC):
         loss = ppo_clip_loss(logp, data["logp_old"], data["adv"], data["mask"], self.config.clip)
         return loss, masked_mean(data["logp_old"] - logp, data["mask"])
 
-    def ppo_step(self, task_losses: torch.Tensor, task_kls: torch.Tensor) -> dict[str, float]:
-        """Uniformly weighted task losses minus the entropy bonus -> one optimiser step."""
+    def ppo_step(self, task_losses: torch.Tensor, task_kls: torch.Tensor,
+                 task_weights: torch.Tensor | None = None) -> dict[str, float]:
+        """Weighted task losses minus the entropy bonus -> one optimiser step.
+
+        Each task loss is already a per-task mean (a task with more valid steps does not count
+        more); `task_weights` [N] (data["task_weight"]) are rescaled to mean 1 over the batch, so
+        uniform weights give the plain mean. With `pcgrad`, conflicting per-task gradients are
+        projected (learner.pcgrad) before the usual clip + Adam step.
+        """
+        n = task_losses.shape[0]
+        if task_weights is None:
+            task_weights = torch.ones(n, dtype=task_losses.dtype, device=task_losses.device)
+        weighted = task_losses * (task_weights / task_weights.mean())
         entropy = gaussian_entropy(self.policy.log_std)
-        grad_norm = self.step_optimizer(task_losses.mean() - self.config.entropy_coef * entropy)
+        if self.config.pcgrad:
+            params = [p for p in self.policy.parameters() if p.requires_grad]
+            self.optimizer.zero_grad(set_to_none=True)
+            pcgrad_backward(params, weighted / n, shared_loss=-self.config.entropy_coef * entropy)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm))
+            self.optimizer.step()
+        else:
+            grad_norm = self.step_optimizer(weighted.mean() - self.config.entropy_coef * entropy)
         return {
-            "outer_loss": float(task_losses.detach().mean()),
+            "outer_loss": float(weighted.detach().mean()),
             "kl": float(task_kls.detach().mean()),
             "entropy": float(entropy.detach()),
             "grad_norm": grad_norm,

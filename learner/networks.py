@@ -3,13 +3,13 @@ observation normaliser whose statistics travel with the weights."""
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
 import torch
 from torch import nn
 
+from learner.conditioning import MultiHead, broadcast_context, film
 from workers.policy import OBS_CLIP, PolicySpec, PolicyWeights
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
@@ -19,28 +19,55 @@ class GaussianMLPPolicy(nn.Module):
     """Diagonal Gaussian policy: mean = MLP(normalised obs), state-independent log std.
 
     Parameters are what meta-learning adapts; `obs_mean`/`obs_std` are buffers (never adapted).
+    A task-conditioned spec (learner.conditioning) takes the task vector as `forward(obs, context)`.
     """
 
     def __init__(self, spec: PolicySpec, init_std: float = 1.0):
         super().__init__()
         self.spec = spec
+        mode, c = spec.conditioning, spec.context_dim
         sizes = [spec.obs_dim, *spec.hidden_sizes]
-        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
-        self.mean_head = nn.Linear(sizes[-1], spec.act_dim)
+        fan_in = [a + c if (i == 0 and mode == "concat") else a for i, a in enumerate(sizes[:-1])]
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(fan_in, sizes[1:]))
+        if mode == "additive":
+            self.context_embed = nn.Linear(c, sizes[1], bias=False)
+        if mode == "film":
+            self.film = nn.ModuleList(nn.Linear(c, 2 * h) for h in spec.hidden_sizes)
+        if mode == "multihead":
+            self.mean_heads = MultiHead(spec.num_heads, sizes[-1], spec.act_dim)
+        else:
+            self.mean_head = nn.Linear(sizes[-1], spec.act_dim)
         self.log_std = nn.Parameter(torch.full((spec.act_dim,), math.log(init_std)))
         self.register_buffer("obs_mean", torch.zeros(spec.obs_dim))
         self.register_buffer("obs_std", torch.ones(spec.obs_dim))
         self._activation = ACTIVATIONS[spec.activation]()
         with torch.no_grad():  # a small output layer starts the policy near zero mean (as in PPO)
-            self.mean_head.weight.mul_(0.01)
-            self.mean_head.bias.zero_()
+            head = self.mean_heads if mode == "multihead" else self.mean_head
+            head.weight.mul_(0.01)
+            head.bias.zero_()
 
-    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, log_std) for observations [..., obs_dim]."""
+    def forward(self, obs: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log_std) for observations [..., obs_dim] (and the task vector [C] or [..., C])."""
         x = torch.clamp((obs - self.obs_mean) / self.obs_std, -OBS_CLIP, OBS_CLIP)
-        for layer in self.hidden:
-            x = self._activation(layer(x))
-        return self.mean_head(x), self.log_std
+        mode = self.spec.conditioning
+        if mode == "none":
+            for layer in self.hidden:
+                x = self._activation(layer(x))
+            return self.mean_head(x), self.log_std
+        if context is None:
+            raise ValueError(f"this policy is task-conditioned ({mode!r}): forward needs the task vector")
+        c = broadcast_context(context, x.shape[:-1], self.spec.context_dim)
+        if mode == "concat":
+            x = torch.cat([x, c], dim=-1)
+        for i, layer in enumerate(self.hidden):
+            pre = layer(x)
+            if mode == "additive" and i == 0:
+                pre = pre + self.context_embed(c)
+            if mode == "film":
+                pre = film(pre, self.film[i], c)
+            x = self._activation(pre)
+        mean = self.mean_heads(x, c) if mode == "multihead" else self.mean_head(x)
+        return mean, self.log_std
 
     def to_weights(self, version: str, params: dict[str, torch.Tensor] | None = None) -> PolicyWeights:
         """Numpy weights for workers; `params` overrides the module's own (adapted weights)."""

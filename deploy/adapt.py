@@ -106,6 +106,10 @@ def adapt_on_robot(uri: str, address: str, task_params: dict | None = None, epis
     resolved = registry.resolve(uri)
     meta = PolicyArtifact.load(registry.download(resolved), expected_sha256=resolved.sha256)
     manifest = meta.manifest
+    if meta.weights.spec.kind == "gru":  # RL^2: nothing to take gradient steps on; say so before touching a robot
+        raise ValueError(f"{uri} is a recurrent in-context policy ({manifest.get('algorithm', 'rl2')}): it adapts in "
+                         "its hidden state over a trial, not by gradient steps, so `fleet adapt` does not apply; "
+                         "measure its in-context adaptation with `fleet eval`")
     cfg = load_config(data={"fleet": manifest["fleet"], "learner": {**manifest["learner"], "device": "cpu"}})
     if task_params is None:  # default: the first held-out task of the meta-policy's own split
         task_params = task_distribution(cfg).tasks("test")[0].params

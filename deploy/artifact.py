@@ -9,7 +9,6 @@ no code from the registry, no torch/Ray/pybullet needed on the robot side.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,14 +81,16 @@ class PolicyArtifact:
 
 
 def check_schema(spec: PolicySpec, arrays: dict[str, np.ndarray]) -> None:
-    """Every array the spec needs, with the shape it implies, and nothing else."""
-    sizes = [spec.obs_dim, *spec.hidden_sizes]
-    expected = {"obs_mean": (spec.obs_dim,), "obs_std": (spec.obs_dim,), "log_std": (spec.act_dim,),
-                "mean_head.weight": (spec.act_dim, sizes[-1]), "mean_head.bias": (spec.act_dim,)}
-    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
-        expected[f"hidden.{i}.weight"], expected[f"hidden.{i}.bias"] = (b, a), (b,)
-    if set(arrays) != set(expected):
+    """Every array the spec needs, with the shape it implies, and nothing else — except optional
+    Meta-SGD inner rates `inner_lr/<parameter>`, shaped like their parameter."""
+    try:
+        expected = spec.weight_shapes()
+    except ValueError as exc:
+        raise ArtifactError(f"the manifest's network is inconsistent: {exc}") from None
+    rates = {f"inner_lr/{k}": v for k, v in expected.items() if k not in ("obs_mean", "obs_std")}
+    if not set(expected) <= set(arrays) <= set(expected) | set(rates):
         raise ArtifactError(f"weights arrays {sorted(arrays)} do not match the manifest's network {sorted(expected)}")
+    expected = {**expected, **{k: v for k, v in rates.items() if k in arrays}}
     for name, shape in expected.items():
         if tuple(arrays[name].shape) != shape:
             raise ArtifactError(f"weights array {name!r} has shape {tuple(arrays[name].shape)}, expected {shape}")

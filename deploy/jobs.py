@@ -94,7 +94,9 @@ def evaluate_model(uri: str, split: str = "test", steps: tuple[int, ...] = (0, 1
     """Meta-evaluate a registered (or local) policy on its family's held-out tasks."""
     artifact = Registry().load(uri)
     manifest = artifact.manifest
-    cfg = load_config(data={"fleet": manifest["fleet"], "learner": {**manifest["learner"], "device": "cpu"}})
+    trial = manifest["learner"].get("trial_episodes", 1)  # train sizes are unused here but must be whole RL^2 trials
+    cfg = load_config(data={"fleet": manifest["fleet"], "learner": {**manifest["learner"], "device": "cpu"},
+                            "train": {"episodes_per_task": trial, "eval_episodes": trial}})
     learner = make_learner(artifact.weights.spec, cfg.learner)
     learner.policy.load_weights(artifact.weights)
     tasks = task_distribution(cfg).tasks(split)[:num_tasks]

@@ -20,15 +20,17 @@ Params = dict[str, torch.Tensor]
 TaskData = dict[str, torch.Tensor]  # obs [E,H,D], actions [E,H,A], logp_old, adv, mask [E,H]
 
 
-def log_prob(module: nn.Module, params: Params, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-    """log pi_params(a|s), with the module's buffers (normaliser) for anything not in params."""
-    mean, log_std = functional_call(module, params, (obs,))
+def log_prob(module: nn.Module, params: Params, obs: torch.Tensor, actions: torch.Tensor,
+             context: torch.Tensor | None = None) -> torch.Tensor:
+    """log pi_params(a|s), with the module's buffers (normaliser) for anything not in params;
+    `context` is the task vector of a task-conditioned policy (TaskData key "context")."""
+    mean, log_std = functional_call(module, params, (obs,) if context is None else (obs, context))
     return gaussian_log_prob(mean, log_std, actions)
 
 
 def inner_loss(module: nn.Module, params: Params, data: TaskData) -> torch.Tensor:
     """The support objective: policy gradient with GAE advantages (importance-weighted)."""
-    logp = log_prob(module, params, data["obs"], data["actions"])
+    logp = log_prob(module, params, data["obs"], data["actions"], data.get("context"))
     return policy_gradient_loss(logp, data["logp_old"], data["adv"], data["mask"])
 
 
@@ -47,7 +49,7 @@ def adapt_batched(
     module: nn.Module,
     params: Params,
     data: TaskData,
-    lr: float,
+    lr: float | Params,
     steps: int = 1,
     first_order: bool = False,
     per_task_params: bool = False,
@@ -55,6 +57,7 @@ def adapt_batched(
     """Adapt every task of stacked `data` ([N, ...]) in one vmapped call; returns params [N, ...].
 
     `params` is shared theta (default) or already per-task ([N, ...], `per_task_params=True`).
+    `lr` is a scalar or one rate tensor per parameter, shared by all tasks (Meta-SGD).
     Gradients flow back to theta through every inner step unless `first_order`.
     """
 

@@ -66,7 +66,7 @@ def test_manifest_schema_mismatch_is_refused(store, tmp_path, capsys):
         code, err = pull(capsys, "models:/smoke/1", tmp_path / "policy")
     finally:
         (source / "manifest.json").write_text(backup)
-    assert code == 2 and "expected (3, 32)" in err
+    assert code == 2 and "expected (32, 20)" in err
     assert not (tmp_path / "policy").exists()
 
 

@@ -1,0 +1,118 @@
+"""Meta-SGD (Li et al. 2017): MAML whose inner step size is learned, one rate per parameter entry.
+
+phi_i = theta - alpha (.) grad L_support_i(theta), with alpha a tensor per adapted parameter
+(initialised to `inner_lr`) optimised with theta by the same outer PPO-clip loss and the same Adam
+(second order unless `first_order`; alpha gets its gradient either way). The rates travel with the
+policy: `RatedPolicy.to_weights` adds them as `inner_lr/<param name>` arrays and `load_weights`
+reads them back, so evaluation and `fleet adapt` (which load a published artifact) adapt with the
+learned rates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from fleet.tasks import Task
+from learner.adaptation import Params, adapt_batched, batched, select, unstack
+from learner.base import MetaLearner
+from learner.config import LearnerConfig
+from learner.networks import GaussianMLPPolicy
+from workers.batch import Batch
+from workers.policy import PolicySpec, PolicyWeights
+
+RATE_PREFIX = "inner_lr/"
+
+
+class RatedPolicy(GaussianMLPPolicy):
+    """The Gaussian MLP plus Meta-SGD's per-parameter inner rates.
+
+    The rates are plain leaf tensors, not `nn.Parameter`s: they must not be adapted by the inner
+    step nor appear in `state_dict`, but they ride along in `to_weights` / `load_weights`.
+    """
+
+    def __init__(self, spec: PolicySpec, init_std: float = 1.0, inner_lr: float = 0.1):
+        super().__init__(spec, init_std)
+        self.inner_rates: dict[str, torch.Tensor] = {}
+        self.reset_rates(inner_lr)
+
+    def reset_rates(self, value: float) -> None:
+        """One rate per parameter entry, all `value`, on each parameter's device."""
+        self.inner_rates = {name: torch.full_like(p.detach(), value).requires_grad_()
+                            for name, p in self.named_parameters()}
+
+    def to_weights(self, version: str, params: dict[str, torch.Tensor] | None = None) -> PolicyWeights:
+        weights = super().to_weights(version, params)
+        rates = {RATE_PREFIX + k: v.detach().cpu().numpy().astype(np.float32, copy=True)
+                 for k, v in self.inner_rates.items()}
+        return PolicyWeights(weights.spec, {**weights.arrays, **rates}, version)
+
+    def load_weights(self, weights: PolicyWeights) -> None:
+        """Network arrays into the module; `inner_lr/*` arrays (if any) into the rates."""
+        rates = {k.removeprefix(RATE_PREFIX): v for k, v in weights.arrays.items() if k.startswith(RATE_PREFIX)}
+        unknown = sorted(set(rates) - set(self.inner_rates))
+        if unknown:
+            raise ValueError(f"weights {weights.version!r} carry inner rates for unknown parameters {unknown}; "
+                             f"expected names among {sorted(self.inner_rates)}")
+        network = {k: v for k, v in weights.arrays.items() if not k.startswith(RATE_PREFIX)}
+        super().load_weights(PolicyWeights(weights.spec, network, weights.version))
+        with torch.no_grad():
+            for name, value in rates.items():
+                self.inner_rates[name].copy_(torch.as_tensor(np.asarray(value)))
+
+
+class MetaSGD(MetaLearner):
+    """MAML with learned per-parameter inner rates (`self.rates`), used by every adaptation."""
+
+    algorithm = "metasgd"
+
+    def __init__(self, spec: PolicySpec, config: LearnerConfig, train_tasks: Sequence[Task] = ()):
+        super().__init__(spec, config, train_tasks)
+        self.policy = RatedPolicy(spec, config.init_std, config.inner_lr).to(self.device)
+        self.policy.reset_rates(config.inner_lr)  # after .to(): the rates live where the parameters do
+        self.optimizer = torch.optim.Adam(
+            [{"params": list(self.policy.parameters())}, {"params": list(self.rates.values())}], lr=config.outer_lr)
+
+    @property
+    def rates(self) -> Params:
+        return self.policy.inner_rates
+
+    def adapt_for_training(self, support: Sequence[Batch], version: str) -> list[PolicyWeights]:
+        return self.adapt(support, version, steps=self.config.inner_steps)[1]
+
+    def adapt(self, support: Sequence[Batch], version: str, params: Params | None = None,
+              steps: int = 1) -> tuple[Params, list[PolicyWeights]]:
+        """`MetaLearner.adapt` with the learned rates instead of the scalar `inner_lr`."""
+        data = self.prepare(support)
+        rates = {k: v.detach() for k, v in self.rates.items()}
+        with torch.no_grad():
+            adapted = adapt_batched(self.policy, self.params() if params is None else params, data, rates,
+                                    steps=steps, first_order=True, per_task_params=params is not None)
+        adapted = {k: v.detach() for k, v in adapted.items()}
+        return adapted, [self.policy.to_weights(f"{version}/task{i}", p) for i, p in enumerate(unstack(adapted))]
+
+    def update(self, support: Sequence[Batch], query: Sequence[Batch]) -> dict[str, float]:
+        cfg = self.config
+        support_data, query_data = self.prepare(support), self.prepare(query)
+        for _ in range(cfg.ppo_epochs):
+            for idx in self.task_minibatches(len(support)):
+                # phi_i(theta, alpha) is rebuilt every step: the outer gradient reaches theta and alpha.
+                adapted = adapt_batched(self.policy, self.params(), select(support_data, idx), self.rates,
+                                        cfg.inner_steps, cfg.first_order)
+                query_batch = select(query_data, idx)
+                losses, kls = batched(self.ppo_terms)(adapted, query_batch)
+                metrics = self.ppo_step(losses, kls, query_batch.get("task_weight"))
+        flat = torch.cat([v.detach().reshape(-1) for v in self.rates.values()])
+        return {**metrics, "inner_lr_mean": float(flat.mean()), "inner_lr_min": float(flat.min()),
+                "inner_lr_max": float(flat.max())}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "inner_lr": {k: v.detach().clone() for k, v in self.rates.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        with torch.no_grad():
+            for name, value in state["inner_lr"].items():
+                self.rates[name].copy_(value)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -111,3 +113,37 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def rng_state() -> dict:
+    """Every global RNG of this process as plain data (`weights_only=True` loads it): torch CPU, CUDA
+    (one state per device, when present), numpy's global RNG and python's `random`."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": [s.clone() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+        "numpy": {"bit_generator": np_state["bit_generator"],
+                  "key": torch.as_tensor(np_state["state"]["key"].astype(np.int64)),
+                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+        "python": {"version": version, "state": list(internal), "gauss": gauss},
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore `rng_state()` output. CUDA states are restored only where this process sees the same
+    number of CUDA devices (a CPU resume of a GPU run cannot replay the GPU's random stream)."""
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    elif cuda:
+        log.warning("checkpoint holds %d CUDA RNG state(s), this process sees %d CUDA device(s): not restored",
+                    len(cuda), torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    np_state = state["numpy"]
+    np.random.set_state({"bit_generator": np_state["bit_generator"], "has_gauss": np_state["has_gauss"],
+                         "gauss": np_state["gauss"],
+                         "state": {"key": np_state["key"].numpy().astype(np.uint32), "pos": np_state["pos"]}})
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))

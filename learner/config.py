@@ -7,7 +7,7 @@ raised before anything (Ray, MLflow, envs) starts.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -22,9 +22,21 @@ class _Strict(BaseModel):
 
 
 class FleetConfig(_Strict):
-    family: str = Field("reach", description="task family (see `fleet tasks`)")
-    robot: str = Field("kuka_iiwa", description="robot model of the fleet (see `fleet tasks`)")
-    robot_id: str = Field("kuka-0", description="fleet instance id stamped on the data")
+    """The simulated fleet and its task distribution (format and examples: docs/fleet.md)."""
+
+    family: str | dict[str, float] = Field(
+        "reach", description="task family (see `fleet tasks`), a plugin 'module:object', or a mapping "
+        "family -> weight (a weighted mixture of families sharing spaces)")
+    robot: str = Field("kuka_iiwa", description="robot model of a one-robot fleet (see `fleet tasks`)")
+    robot_id: str = Field("kuka-0", description="fleet instance id of a one-robot fleet, stamped on the data")
+    robots: list[Any] | None = Field(None, description="fleet spec: a list of robot entries (docs/fleet.md); "
+                                     "replaces robot/robot_id")
+    fleet_file: str | None = Field(None, description="fleet spec YAML file (relative to the working directory); "
+                                   "replaces robot/robot_id")
+    fleet_seed: int | None = Field(None, ge=0, description="seed of the sampled robot variation (default: the "
+                                   "fleet file's seed, else 0)")
+    curriculum: str | None = Field(None, description="'module:object' callable (iteration, train tasks, stats) -> "
+                                   "sampling weights over train tasks; default uniform")
     num_train_tasks: int = Field(200, ge=1, description="size of the seeded meta-training task set")
     num_test_tasks: int = Field(40, ge=1, description="size of the disjoint held-out task set")
     task_seed: int = Field(0, description="seed of the train/test task split")
@@ -32,11 +44,11 @@ class FleetConfig(_Strict):
 
     @field_validator("family")
     @classmethod
-    def _known_family(cls, name: str) -> str:
-        from fleet.tasks import get_family
+    def _known_family(cls, family: str | dict[str, float]) -> str | dict[str, float]:
+        from fleet.tasks import family_weights
 
-        get_family(name)  # raises with the list of known families
-        return name
+        family_weights(family)  # raises with the list of known families, or what a plugin lacks
+        return family
 
     @field_validator("robot")
     @classmethod
@@ -45,6 +57,36 @@ class FleetConfig(_Strict):
 
         get_robot_model(name)
         return name
+
+    @model_validator(mode="after")
+    def _fleet_runs(self) -> FleetConfig:
+        given = [key for key in ("robots", "fleet_file") if getattr(self, key) is not None]
+        if len(given) > 1:
+            raise ValueError("give the fleet as fleet.robots or fleet.fleet_file, not both")
+        # A saved config (resume) dumps the defaults too: only a changed shorthand conflicts.
+        shorthand = [k for k in ("robot", "robot_id") if getattr(self, k) != type(self).model_fields[k].default]
+        if given and shorthand:
+            raise ValueError(f"fleet.{given[0]} replaces {' and '.join('fleet.' + k for k in shorthand)}; "
+                             "remove one of them")
+        if self.curriculum is not None:
+            from fleet.curriculum import load_curriculum
+
+            load_curriculum(self.curriculum)
+        from fleet.fleetspec import check_fleet_families
+        from fleet.tasks import family_weights
+
+        check_fleet_families(list(family_weights(self.family)), self.build_fleet(), self.horizon)
+        return self
+
+    def build_fleet(self):
+        """The run's robots (:class:`fleet.fleetspec.Fleet`), the same for the same config."""
+        from fleet.fleetspec import load_fleet_file, parse_fleet, single_robot_fleet
+
+        if self.robots is not None:
+            return parse_fleet(self.robots, self.fleet_seed or 0, source="fleet.robots")
+        if self.fleet_file is not None:
+            return load_fleet_file(self.fleet_file, self.fleet_seed)
+        return single_robot_fleet(self.robot, self.robot_id)
 
 
 class WorkersConfig(_Strict):

@@ -113,8 +113,11 @@ class RayWorkerPool(WorkerPool):
     """
 
     def __init__(self, num_workers: int = 2, env_factory: EnvFactory | None = None, max_restarts: int = 2,
-                 call_timeout_s: float | None = 300.0, max_failures: int = 3, max_task_retries: int = 0):
+                 call_timeout_s: float | None = 300.0, max_failures: int = 3, max_task_retries: int = 0,
+                 placement_group=None, bundle_offset: int = 0):
         init_ray()
+        # Worker i goes to bundle `bundle_offset + i` of `placement_group` (e.g. next to a GPU learner).
+        self._group, self._bundle_offset = placement_group, bundle_offset
         self.num_workers = num_workers
         self.call_timeout_s = call_timeout_s
         self.max_failures = max_failures
@@ -123,7 +126,7 @@ class RayWorkerPool(WorkerPool):
         self._actor_cls = ray.remote(num_cpus=1, max_restarts=max_restarts, max_task_retries=max_task_retries)(
             RolloutWorker
         )
-        self.actors = [self._actor_cls.remote(i, env_factory) for i in range(num_workers)]
+        self.actors = [self._new_actor(i) for i in range(num_workers)]
         self._deaths = [0] * num_workers  # per actor handle: compared with max_restarts to decide replacement
         self._epochs = [0] * num_workers  # per slot: deaths seen so far (a call remembers the value at issue)
         self._probes: dict[int, _Probe] = {}  # slots out of rotation until their actor answers a ping
@@ -299,12 +302,21 @@ class RayWorkerPool(WorkerPool):
 
     def _replace(self, slot: int) -> None:
         ray.kill(self.actors[slot], no_restart=True)
-        self.actors[slot] = self._actor_cls.remote(slot, self._env_factory)
+        self.actors[slot] = self._new_actor(slot)
         self._deaths[slot] = 0
         self.replacements += 1
         # A new actor that cannot be scheduled yet (no free CPU, e.g. its node is gone) is waited for, not
         # replaced again: the slot stays out of rotation until Ray can place it.
         self._probes[slot] = _Probe(deadline=None)
+
+    def _new_actor(self, slot: int):
+        if self._group is None:
+            return self._actor_cls.remote(slot, self._env_factory)
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        bundle = self._bundle_offset + slot
+        strategy = PlacementGroupSchedulingStrategy(self._group, placement_group_bundle_index=bundle)
+        return self._actor_cls.options(scheduling_strategy=strategy).remote(slot, self._env_factory)
 
     def _poll_probes(self) -> None:
         """Without blocking: send due pings to slots out of rotation, put back those whose actor answered,

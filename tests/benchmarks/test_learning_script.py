@@ -38,5 +38,5 @@ def test_table_pools_tasks_and_seeds_per_family_and_algorithm(tmp_path):
 
 def test_bad_grid_fails_before_training(capsys):
     bench = load_script()
-    with pytest.raises(Exception, match="learner.nonsense"):
+    with pytest.raises(Exception, match=r"learner\.nonsense"):
         bench.main(["--families", "reach", "--algorithms", "maml", "--set", "learner.nonsense=1"])

@@ -27,7 +27,7 @@ from learner.evaluation import stderr
 from learner.trainer import train
 
 FAMILY_CONFIGS = {
-    "reach": "configs/reach-maml.yaml",
+    "reach": "configs/reach.yaml",
     "push": "configs/push.yaml",
     "velocity": "configs/velocity.yaml",
     "direction": "configs/direction.yaml",

@@ -18,7 +18,7 @@ import numpy as np
 
 from deploy.artifact import PolicyArtifact
 from deploy.registry import Registry, git_commit
-from deploy.robot import Robot, connect_robot
+from deploy.robot import Robot, connect_robot, with_sim_defaults
 from deploy.safety import SafetyConfig, SafetyLayer
 from fleet.robots import RobotSpec
 from fleet.tasks import Task
@@ -100,6 +100,21 @@ def robot_id_of(address: str, override: str | None = None) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", raw).strip("-") or "robot"
 
 
+def adaptation_task(cfg, task_params: dict | None, robot_id: str) -> Task:
+    """The task to adapt to: `task_params` (for a mixture of families, with `family=NAME` among them), or
+    by default the first held-out task of the meta-policy's own split."""
+    if task_params is None:
+        first = task_distribution(cfg).tasks("test")[0]
+        return Task(first.family, f"{robot_id}/adapt", dict(first.params))
+    params = dict(task_params)
+    families = [cfg.fleet.family] if isinstance(cfg.fleet.family, str) else sorted(cfg.fleet.family)
+    family = params.pop("family", families[0] if len(families) == 1 else None)
+    if family not in families:
+        raise ValueError(f"the policy was trained on famil{'y' if len(families) == 1 else 'ies'} {families}: "
+                         f"pass --task family=NAME with one of them (got {family!r})")
+    return Task(family, f"{robot_id}/adapt", params)
+
+
 def adapt_on_robot(uri: str, address: str, task_params: dict | None = None, episodes: int = 10, steps: int = 1,
                    robot_id: str | None = None, seed: int = 0, registry: Registry | None = None) -> AdaptResult:
     registry = registry or Registry()
@@ -111,11 +126,10 @@ def adapt_on_robot(uri: str, address: str, task_params: dict | None = None, epis
                          "its hidden state over a trial, not by gradient steps, so `fleet adapt` does not apply; "
                          "measure its in-context adaptation with `fleet eval`")
     cfg = load_config(data={"fleet": manifest["fleet"], "learner": {**manifest["learner"], "device": "cpu"}})
-    if task_params is None:  # default: the first held-out task of the meta-policy's own split
-        task_params = task_distribution(cfg).tasks("test")[0].params
     rid = robot_id_of(address, robot_id)
     spec = RobotSpec.from_dict({**manifest.get("robot", {}), "robot_id": rid})
-    task = Task(cfg.fleet.family, f"{rid}/adapt", dict(task_params))
+    task = adaptation_task(cfg, task_params, rid)
+    address = with_sim_defaults(address, family=task.family, model=spec.model)
     learner = make_learner(meta.weights.spec, cfg.learner)
     learner.policy.load_weights(meta.weights)
     horizon = cfg.fleet.horizon

@@ -22,7 +22,13 @@ from workers.pool import make_pool
 class TrainJobResult:
     train: TrainResult
     model_name: str
-    model_version: str
+    model_version: str | None  # None: nothing registered (the single-task baseline is a measurement)
+
+
+def family_label(cfg: Config) -> str:
+    """`reach`, or `direction+velocity` for a mixture (a registry tag is one string)."""
+    family = cfg.fleet.family
+    return family if isinstance(family, str) else "+".join(sorted(family))
 
 
 def meta_policy_artifact(cfg: Config, result: TrainResult) -> PolicyArtifact:
@@ -31,7 +37,7 @@ def meta_policy_artifact(cfg: Config, result: TrainResult) -> PolicyArtifact:
     return PolicyArtifact.build(
         weights,
         kind="meta-policy",
-        family=cfg.fleet.family,
+        family=family_label(cfg),
         robot=robot_of(cfg).to_dict(),
         spaces=result.spaces,
         algorithm=cfg.learner.algorithm,
@@ -50,10 +56,13 @@ def run_training(cfg: Config, resume_run_id: str | None = None) -> TrainJobResul
     """Train (or resume), then register the meta-policy with its figures as tags."""
     result = train(cfg, resume_run_id)
     tracker = result.tracker
+    if cfg.learner.algorithm == "single_task":  # one network per training task: no one policy to deploy
+        tracker.close()
+        return TrainJobResult(result, cfg.tracking.registered_model, None)
     try:
         summary = result.final_eval.summary()
-        tags = {"family": cfg.fleet.family, "algorithm": cfg.learner.algorithm, "kind": "meta-policy",
-                "git_commit": git_commit(), "robot": cfg.fleet.robot, "env_steps": result.env_steps,
+        tags = {"family": family_label(cfg), "algorithm": cfg.learner.algorithm, "kind": "meta-policy",
+                "git_commit": git_commit(), "robot": robot_of(cfg).model, "env_steps": result.env_steps,
                 "iterations": result.iterations}
         for k, s in summary.items():
             tags[f"eval_return_step{k}"] = f"{s['return_mean']:.3f}"

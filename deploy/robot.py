@@ -156,6 +156,21 @@ def connect_robot(address: str, **kw: Any) -> Robot:
     raise ValueError(f"unknown robot address {address!r}; expected {ADDRESS_FORMS}")
 
 
+def with_sim_defaults(address: str, **defaults: Any) -> str:
+    """Add ``defaults`` (e.g. the policy's family and robot model) to a ``sim:`` address's query where the
+    address does not set them; other addresses are returned unchanged.
+
+    >>> with_sim_defaults("sim:c-1?horizon=20", family="velocity", model="half_cheetah")
+    'sim:c-1?horizon=20&family=velocity&model=half_cheetah'
+    """
+    if not isinstance(address, str) or not address.startswith("sim:"):
+        return address
+    head, _, query = address.partition("?")
+    present = {key for key, _ in parse_qsl(query, keep_blank_values=True)}
+    extra = [f"{key}={value}" for key, value in defaults.items() if key not in present and value is not None]
+    return head + ("?" + "&".join(filter(None, [query, *extra])) if query or extra else "")
+
+
 def _parse_sim(address: str) -> dict[str, Any]:
     """``sim:kuka-3?horizon=20&motor_strength=0.8`` -> SimRobot keyword arguments."""
     robot_id, _, query = address[len("sim:"):].partition("?")

@@ -103,15 +103,16 @@ def cmd_run(args) -> int:
 
 def _connect(args, runtime, task):
     from deploy.bridge import RobotAuthError
-    from deploy.robot import connect_robot
+    from deploy.robot import connect_robot, with_sim_defaults
 
     if args.robot.startswith("tcp://"):
         kw = {"token": _read_token(args.token_file, required=False) or None}
     else:
         family = runtime.manifest.get("family") or (runtime.manifest.get("fleet") or {}).get("family") or "reach"
         kw = {"family": family, "horizon": runtime.horizon or 50, "task": task, "render": bool(args.video)}
+    model = (runtime.manifest.get("robot") or {}).get("model")
     try:
-        robot = connect_robot(args.robot, **kw)
+        robot = connect_robot(with_sim_defaults(args.robot, model=model), **kw)
     except RobotAuthError as exc:
         raise BadInput(f"robot {args.robot} refused the connection: {exc}") from None
     except (ValueError, OSError) as exc:

@@ -114,12 +114,25 @@ def cmd_train(args) -> int:
         print("fleet: warning: running as a Ray job with the default sqlite:///mlflow.db inside the job's temporary "
               "working dir; results are deleted with it. Pass MLFLOW_TRACKING_URI in --runtime-env-json.",
               file=sys.stderr, flush=True)
-    print(f"metafleet: training {cfg.name!r}: {cfg.learner.algorithm} on {cfg.fleet.family}/{cfg.fleet.robot}, "
+    print(f"metafleet: training {cfg.name!r}: {cfg.learner.algorithm} on {family_text(cfg)}/{fleet_text(cfg)}, "
           f"{cfg.train.iterations} iterations x {cfg.train.meta_batch_size} tasks, {cfg.workers.backend} "
           f"workers={cfg.workers.num_workers}", flush=True)
     job = run_training(cfg, args.resume)
     print(summary_text(job), flush=True)
     return EXIT_OK
+
+
+def family_text(cfg) -> str:
+    family = cfg.fleet.family
+    return family if isinstance(family, str) else "+".join(f"{k}:{v:g}" for k, v in family.items())
+
+
+def fleet_text(cfg) -> str:
+    from learner.trainer import fleet_of
+
+    robots = fleet_of(cfg)
+    models = sorted({r.model for r in [*robots.train, *robots.test]})
+    return ",".join(models) + (f" ({len(robots.train)} robots)" if len(robots.train) > 1 else "")
 
 
 def summary_text(job) -> str:
@@ -133,7 +146,11 @@ def summary_text(job) -> str:
                      f"{post['return_mean']:.2f} ± {post['return_stderr']:.2f} "
                      f"(gain {post['return_mean'] - pre['return_mean']:+.2f})")
     lines.append(f"env steps {result.env_steps}, learner wall {result.wall_seconds:.0f}s, MLflow run {result.run_id}")
-    lines.append(f"registered models:/{job.model_name}/{job.model_version} (alias @candidate)")
+    if job.model_version is None:
+        lines.append("nothing registered: single_task is a baseline of one network per training task "
+                     "(its per-task returns are in the run's eval/tasks.json)")
+    else:
+        lines.append(f"registered models:/{job.model_name}/{job.model_version} (alias @candidate)")
     return "\n".join(lines)
 
 

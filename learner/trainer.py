@@ -1,6 +1,6 @@
 """The meta-training loop: tasks -> support -> adapt -> query -> update -> track/checkpoint.
 
->>> result = train(load_config("configs/reach-maml.yaml"))
+>>> result = train(load_config("configs/reach.yaml"))
 >>> result.final_eval.table()
 """
 
@@ -32,6 +32,7 @@ from learner.evaluation import (
     meta_evaluate,
     request_seed,
 )
+from learner.multitask_eval import TaskEvalResult, evaluate_tasks
 from learner.plots import adaptation_figure, per_task_figure
 from learner.progress import Progress
 from learner.tracking import Tracker, check_tracking_uri, resolve_tracking_uri
@@ -185,6 +186,14 @@ class Trainer:
                              t.eval_episodes, self.cfg.fleet.horizon, seed=t.seed + 1_000_003,
                              version=f"eval{self.iteration}", robots=self.eval_robots)
 
+    def evaluate_train_tasks(self) -> TaskEvalResult:
+        """Each training task's return without adaptation (first `eval_tasks` of them): where a shared
+        policy is worse on a task than that task's single-task baseline, that is negative transfer."""
+        t = self.cfg.train
+        return evaluate_tasks(self.learner, self.pool, self.tasks.tasks("train")[: t.eval_tasks], self.robot,
+                              t.eval_episodes, self.cfg.fleet.horizon, seed=t.seed + 2_000_003,
+                              version=f"taskeval{self.iteration}")
+
     def evaluate_baselines(self) -> dict[str, EvalResult]:
         """The from-scratch baseline and the models in `self.baselines` (name -> multi-task learner or
         PolicyWeights), under `evaluate`'s protocol: same tasks, robots, steps, episodes and seeds."""
@@ -257,6 +266,9 @@ class Trainer:
                                 "eval/adaptation.png")
         self.tracker.log_figure(per_task_figure({"meta-trained": final, **baselines}, self.cfg.name),
                                 "eval/per_task.png")
+        train_tasks = self.evaluate_train_tasks()
+        self.tracker.log_metrics(train_tasks.metrics(), step=self.iteration)
+        self.tracker.log_dict(train_tasks.to_dict(), "eval/tasks.json")
         return TrainResult(self.tracker.run_id, self.learner, final, self.first_eval, self.spaces,
                            self.iteration, self.env_steps, self.wall_seconds)
 

@@ -39,7 +39,11 @@ def test_train_tracks_and_registers(mlflow_uri, smoke_config, capsys):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "tasks.json", "eval", "checkpoints", "policy"} <= artifacts
     eval_files = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
-    assert eval_files >= {"eval/adaptation.png", "eval/final.json"}
+    assert eval_files >= {"eval/adaptation.png", "eval/final.json", "eval/per_task.png", "eval/tasks.json"}
+    with open(client.download_artifacts(run.info.run_id, "tasks.json")) as handle:
+        train_task_ids = [t["task_id"] for t in json.load(handle)["train"]]
+    per_task = [k for k in run.data.metrics if k.startswith("task/") and k.endswith("/return")]
+    assert sorted(per_task) == sorted(f"task/{t}/return" for t in train_task_ids[:2])  # eval_tasks: 2
 
 
 def test_resume_continues_the_same_run(mlflow_uri, smoke_config, capsys, tmp_path):
@@ -66,3 +70,13 @@ def test_eval_a_registered_policy(mlflow_uri, smoke_config, capfd):
     assert result["steps"] == [0, 1] and len(result["task_ids"]) == 2
     assert all(t.startswith("reach/test/") for t in result["task_ids"])
     assert set(result["summary"]["1"]) == {"return_mean", "return_stderr", "success_mean", "success_stderr"}
+
+
+def test_single_task_baseline_logs_per_task_returns_and_registers_nothing(mlflow_uri, smoke_config, capsys):
+    assert main(["train", smoke_config, "--set", "learner.algorithm=single_task"]) == 0
+    assert "nothing registered" in capsys.readouterr().out
+    client = MlflowClient(mlflow_uri, mlflow_uri)
+    assert not client.search_registered_models()
+    [run] = client.search_runs([client.get_experiment_by_name("metafleet").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert sum(k.startswith("task/") and k.endswith("/return") for k in run.data.metrics) == 2

@@ -26,13 +26,9 @@ from learner.config import load_config
 from learner.evaluation import stderr
 from learner.trainer import train
 
-FAMILY_CONFIGS = {
-    "reach": "configs/reach.yaml",
-    "push": "configs/push.yaml",
-    "velocity": "configs/velocity.yaml",
-    "direction": "configs/direction.yaml",
-    "dynamics": "configs/dynamics.yaml",
-}
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # works from any working directory
+FAMILY_CONFIGS = {family: str(CONFIGS / f"{family}.yaml") for family in
+                  ("reach", "push", "velocity", "direction", "dynamics")}
 ALGORITHM_OVERRIDES = {
     "maml": ["learner.algorithm=maml", "learner.first_order=false"],
     "fomaml": ["learner.algorithm=maml", "learner.first_order=true"],

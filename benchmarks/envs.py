@@ -13,8 +13,10 @@ this one process (one core):
   an env step keeps once its own substeps are counted). The target from the issue is ratio >= 0.5 for
   the arms.
 
-Measurements are interleaved per pair (env, raw, env, raw, ...; ``--repeats`` each, median kept) so
-machine load hits both alike. Prints a markdown table; ``--json OUT`` stores everything.
+Rates are per second of this process's CPU time (``time.process_time``: pybullet DIRECT runs
+in-process), so they are one core's rate even when other processes share the machine. Measurements
+are interleaved per pair (env, raw, env, raw, ...; ``--repeats`` each, median kept) so machine load
+hits both alike. Prints a markdown table; ``--json OUT`` stores everything.
 
 Usage::
 
@@ -92,14 +94,14 @@ def env_rate(family: str, model: RobotModel, seconds: float, seed: int, guard: b
     try:
         env.action_space.seed(seed)
         env.reset(seed=seed, options={"task": fam.sample_params(rng)})
-        steps, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
+        steps, start = 0, time.process_time()
+        while time.process_time() - start < seconds:
             for _ in range(50):
                 _, _, terminated, truncated, _ = env.step(env.action_space.sample())
                 steps += 1
                 if terminated or truncated:
                     env.reset(options={"task": fam.sample_params(rng)})
-        elapsed = time.perf_counter() - start
+        elapsed = time.process_time() - start
         return steps / elapsed, getattr(env, "trips", 0), substeps_of(env)
     finally:
         env.close()
@@ -124,12 +126,12 @@ def raw_rate(model: RobotModel, seconds: float) -> float:
             client.loadURDF(path, basePosition=[0, 0, 0 if model.kind == "arm" else 0.4],
                             useFixedBase=model.kind == "arm")
         step = client.stepSimulation
-        steps, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
+        steps, start = 0, time.process_time()
+        while time.process_time() - start < seconds:
             for _ in range(200):
                 step()
             steps += 200
-        return steps / (time.perf_counter() - start)
+        return steps / (time.process_time() - start)
     finally:
         client.disconnect()
 

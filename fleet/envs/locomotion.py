@@ -47,6 +47,7 @@ with quiet_stdout():
     import pybullet_data
     from pybullet_utils import bullet_client
 
+from fleet.envs.kinds import apply_reset_options
 from fleet.envs.locomotion_families import GAITS, LOCOMOTION_FAMILIES, LOCOMOTION_KINDS
 from fleet.robots import RobotSpec, get_robot_model
 
@@ -279,12 +280,7 @@ class LocomotionEnv(gymnasium.Env):
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Return to the settled standing pose plus seeded joint noise; ``options={"task": params}`` sets the task."""
         super().reset(seed=seed)
-        options = options or {}
-        unknown = sorted(set(options) - {"task"})
-        if unknown:
-            raise ValueError(f"unknown reset option(s) {unknown}; valid: ['task']")
-        if "task" in options:
-            self.set_task(options["task"])
+        apply_reset_options(self, options)
         # restoreState also resets solver caches and contacts, so a reset env replays exactly like a new one.
         self._bullet.restoreState(self._home_state)
         n = len(self._joints)

@@ -36,6 +36,7 @@ import numpy as np
 from gymnasium import spaces
 
 from fleet.envs.arm import ARM_GUARD_LIMITS, EE_POS_HIGH, EE_POS_LOW, MAX_EE_SPEED, MAX_JOINT_SPEED, ArmEnv
+from fleet.envs.kinds import apply_reset_options
 from fleet.envs.push_family import (
     BLOCK_FRICTION_RANGE,
     BLOCK_HALF_SIZE,
@@ -181,12 +182,7 @@ class PushEnv(ArmEnv):
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Hand back to (seeded noise around) its start, block to its start; ``options={"task": params}``."""
         super().reset(seed=seed)
-        options = options or {}
-        unknown = sorted(set(options) - {"task"})
-        if unknown:
-            raise ValueError(f"unknown reset option(s) {unknown}; valid: ['task']")
-        if "task" in options:
-            self.set_task(options["task"])
+        apply_reset_options(self, options)
         self._restore()
         self._place_marker()  # restoreState moved it back to where it was at the snapshot
         obs, _ = self._observe()

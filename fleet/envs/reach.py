@@ -40,6 +40,7 @@ from fleet.envs.quiet import quiet_stdout
 with quiet_stdout():
     import pybullet
 
+from fleet.envs.kinds import apply_reset_options
 from fleet.envs.reach_family import GOAL_CENTER, WORKSPACE_HIGH, WORKSPACE_LOW, validate_goal
 from fleet.robots import RobotSpec
 
@@ -125,12 +126,7 @@ class ReachEnv(ArmEnv):
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Return the robot to (seeded noise around) home; ``options={"task": params}`` sets the goal."""
         super().reset(seed=seed)
-        options = options or {}
-        unknown = sorted(set(options) - {"task"})
-        if unknown:
-            raise ValueError(f"unknown reset option(s) {unknown}; valid: ['task']")
-        if "task" in options:
-            self.set_task(options["task"])
+        apply_reset_options(self, options)
         self._restore()
         self._place_marker()  # restoreState moved it back to where it was at the snapshot
         obs, _ = self._observe()

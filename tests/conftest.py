@@ -5,6 +5,18 @@ import os
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Test networks are tiny: intra-op threads only fight over the shared cores (seconds -> sub-second),
+    and one thread keeps in-process results bitwise comparable with a 1-CPU Ray actor's."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """A real local Ray bound to 127.0.0.1, shared by the session's integration tests."""

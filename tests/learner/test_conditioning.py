@@ -20,14 +20,6 @@ C = 3
 SPEC = PolicySpec(obs_dim=4, act_dim=2, hidden_sizes=(8, 6))
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny networks: intra-op threads only fight over the shared cores (seconds -> sub-second)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def random_policy(mode: str, seed: int = 0) -> GaussianMLPPolicy:
     """A policy whose every parameter is non-trivial (the default init zeroes the head's bias)."""

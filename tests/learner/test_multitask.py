@@ -21,14 +21,6 @@ from workers.pool import LocalWorkerPool
 E, H = 3, 6
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny networks: intra-op threads only fight over the shared cores (seconds -> sub-second)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def hand_batch(task, reward_scale: float, seed: int, valid_steps: int = H) -> Batch:
     rng = np.random.default_rng(seed)

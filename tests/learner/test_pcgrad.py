@@ -10,15 +10,6 @@ from learner.pcgrad import pcgrad, pcgrad_backward, per_task_gradients, project_
 from tests.fakes import POINT_SPEC, point_tasks
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny networks: intra-op threads only fight over the shared cores (seconds -> sub-second)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_two_conflicting_gradients_are_projected_onto_each_others_normal_plane():
     grads = torch.tensor([[1.0, 0.0], [-1.0, 1.0]])  # dot = -1
     projected = project_conflicting(grads)

@@ -16,14 +16,6 @@ from workers.pool import LocalWorkerPool
 TASKS = point_tasks(6, seed=1)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on shared cores, thread hand-offs dominate these small (recurrent, vmapped) ops."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def config(**overrides) -> LearnerConfig:
     base = {"algorithm": "reptile", "inner_lr": 0.1, "outer_lr": 0.02, "init_std": 0.5, "hidden_sizes": (32, 32),

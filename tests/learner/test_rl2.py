@@ -22,14 +22,6 @@ TASKS = point_tasks(4, seed=3)
 HORIZON = 10
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on shared cores, thread hand-offs dominate these small (recurrent, vmapped) ops."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def config(**overrides) -> LearnerConfig:
     base = {"algorithm": "rl2", "outer_lr": 0.01, "init_std": 0.5, "device": "cpu", "rl2_hidden": 16,

@@ -23,14 +23,6 @@ TASK = {"goal": [0.3, -0.2]}
 KEYS = ("obs", "actions", "rewards", "mask")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on shared cores, thread hand-offs dominate these small (recurrent, vmapped) ops."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def gru_weights(seed: int = 0) -> PolicyWeights:
     """A random GRU policy with a mean head large enough for the hidden state to matter."""

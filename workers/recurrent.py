@@ -20,6 +20,7 @@ import gymnasium as gym
 import numpy as np
 
 from workers.policy import LOG_2PI, OBS_CLIP, PolicySpec, PolicyWeights
+from workers.rollout import empty_episodes, step_alive
 
 INPUT_CLIP = OBS_CLIP  # previous action and reward enter the GRU clipped to +-this (bounded inputs)
 
@@ -137,7 +138,7 @@ def rollout_trials(
     for e in range(n):
         obs = np.stack([env.reset(seed=int(env_seeds[i * n + e]), options={"task": task_params})[0]
                         for i, env in enumerate(envs)]).astype(np.float32)
-        out = _empty(trials, horizon, obs.shape[1], act_dim)
+        out = empty_episodes(trials, horizon, obs.shape[1], act_dim)
         alive = np.ones(trials, bool)
         for t in range(horizon):
             if hidden is not None:
@@ -148,37 +149,11 @@ def rollout_trials(
                 actions, logp = policy.sample(obs, rng, deterministic, context=context)
             out["obs"][:, t], out["actions"][:, t], out["logp"][:, t] = obs, actions, logp
             out["mask"][:, t] = alive
-            _step_alive(envs, actions, alive, obs, out, t)
+            step_alive(envs, actions, alive, obs, out, t)
             prev_action = actions * out["mask"][:, t, None]
             prev_reward = out["rewards"][:, t] * out["mask"][:, t]
         parts.append(out)
     return _trial_major(parts)
-
-
-def _empty(trials: int, horizon: int, obs_dim: int, act_dim: int) -> dict:
-    return {
-        "obs": np.zeros((trials, horizon, obs_dim), np.float32),
-        "actions": np.zeros((trials, horizon, act_dim), np.float32),
-        "logp": np.zeros((trials, horizon), np.float32),
-        "rewards": np.zeros((trials, horizon), np.float32),
-        "mask": np.zeros((trials, horizon), np.float32),
-        "success": np.zeros(trials, bool),
-        "guard_trips": 0,
-    }
-
-
-def _step_alive(envs, actions, alive, obs, out, t) -> None:
-    """Step every env still in its episode; a guard trip ends the episode and masks the step."""
-    for i in np.flatnonzero(alive):
-        next_obs, reward, terminated, truncated, info = envs[i].step(actions[i])
-        obs[i] = next_obs
-        out["rewards"][i, t] = reward
-        out["success"][i] = bool(info.get("success", False))
-        if info.get("guard"):
-            out["mask"][i, t] = 0.0
-            out["guard_trips"] += 1
-        if terminated or truncated or info.get("guard"):
-            alive[i] = False
 
 
 def _trial_major(parts: list[dict]) -> dict:

@@ -32,9 +32,22 @@ def rollout(
     rng = np.random.default_rng(noise_seed)
     obs = np.stack([env.reset(seed=int(s), options={"task": task_params})[0] for env, s in zip(envs, env_seeds)])
     obs = obs.astype(np.float32)
-    act_dim = policy.spec.act_dim
-    out = {
-        "obs": np.zeros((n, horizon, obs.shape[1]), np.float32),
+    out = empty_episodes(n, horizon, obs.shape[1], policy.spec.act_dim)
+    alive = np.ones(n, bool)
+    for t in range(horizon):
+        actions, logp = policy.sample(obs, rng, deterministic, context=context)
+        out["obs"][:, t], out["actions"][:, t], out["logp"][:, t] = obs, actions, logp
+        out["mask"][:, t] = alive
+        step_alive(envs, actions, alive, obs, out, t)
+        if not alive.any():
+            break
+    return out
+
+
+def empty_episodes(n: int, horizon: int, obs_dim: int, act_dim: int) -> dict:
+    """Zeroed [n, horizon, ...] episode arrays (mask 0 = padding until a step is taken)."""
+    return {
+        "obs": np.zeros((n, horizon, obs_dim), np.float32),
         "actions": np.zeros((n, horizon, act_dim), np.float32),
         "logp": np.zeros((n, horizon), np.float32),
         "rewards": np.zeros((n, horizon), np.float32),
@@ -42,21 +55,19 @@ def rollout(
         "success": np.zeros(n, bool),
         "guard_trips": 0,
     }
-    alive = np.ones(n, bool)
-    for t in range(horizon):
-        actions, logp = policy.sample(obs, rng, deterministic, context=context)
-        out["obs"][:, t], out["actions"][:, t], out["logp"][:, t] = obs, actions, logp
-        out["mask"][:, t] = alive
-        for i in np.flatnonzero(alive):
-            next_obs, reward, terminated, truncated, info = envs[i].step(actions[i])
-            obs[i] = next_obs
-            out["rewards"][i, t] = reward
-            out["success"][i] = bool(info.get("success", False))
-            if info.get("guard"):
-                out["mask"][i, t] = 0.0
-                out["guard_trips"] += 1
-            if terminated or truncated or info.get("guard"):
-                alive[i] = False
-        if not alive.any():
-            break
-    return out
+
+
+def step_alive(envs: Sequence[gym.Env], actions: np.ndarray, alive: np.ndarray, obs: np.ndarray, out: dict,
+               t: int) -> None:
+    """Step every env still in its episode at time `t`, writing into `obs` and `out`; a guard trip ends
+    the episode and masks the step (the learner drops it)."""
+    for i in np.flatnonzero(alive):
+        next_obs, reward, terminated, truncated, info = envs[i].step(actions[i])
+        obs[i] = next_obs
+        out["rewards"][i, t] = reward
+        out["success"][i] = bool(info.get("success", False))
+        if info.get("guard"):
+            out["mask"][i, t] = 0.0
+            out["guard_trips"] += 1
+        if terminated or truncated or info.get("guard"):
+            alive[i] = False

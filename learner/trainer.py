@@ -120,6 +120,7 @@ class TrainResult:
     env_steps: int
     wall_seconds: float
     tracker: Tracker | None = None
+    train_tasks: TaskEvalResult | None = None  # per training task return, no adaptation (eval/tasks.json)
 
 
 class Trainer:
@@ -270,7 +271,7 @@ class Trainer:
         self.tracker.log_metrics(train_tasks.metrics(), step=self.iteration)
         self.tracker.log_dict(train_tasks.to_dict(), "eval/tasks.json")
         return TrainResult(self.tracker.run_id, self.learner, final, self.first_eval, self.spaces,
-                           self.iteration, self.env_steps, self.wall_seconds)
+                           self.iteration, self.env_steps, self.wall_seconds, train_tasks=train_tasks)
 
 
 def batch_metrics(support: list[Batch], query: list[Batch]) -> dict[str, float]:

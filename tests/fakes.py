@@ -75,3 +75,17 @@ def make_policy_dir(directory, obs_dim: int = 20, head_scale: float = 1.0, horiz
     PolicyArtifact.build(weights, spaces=spaces, fleet={"horizon": horizon, "family": "reach"}, family="reach",
                          robot=RobotSpec().to_dict()).save(directory)
     return Path(directory)
+
+
+def load_benchmark(name: str):
+    """Import `benchmarks/<name>.py` (a script, not a package) as a module named `<name>_benchmark`."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module

@@ -1,23 +1,18 @@
 """Smoke test of benchmarks/adaptation.py: a tiny run end to end; the equality check can fail."""
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "adaptation.py"
+from tests.fakes import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("adaptation_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
+    module = load_benchmark("adaptation")
     yield module
-    sys.modules.pop(spec.name, None)
+    sys.modules.pop(module.__name__, None)
 
 
 def test_quick_run_checks_both_paths_and_writes_json(bench, tmp_path, capsys):

@@ -1,20 +1,8 @@
-"""benchmarks/learning.py: the table and figure from results, and one real tiny run through it."""
-
-import importlib.util
-import sys
-from pathlib import Path
+"""benchmarks/learning.py: the table and figure from results; configs are checked before any run."""
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "learning.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("learning_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["learning_benchmark"] = module
-    spec.loader.exec_module(module)
-    return module
+from tests.fakes import load_benchmark
 
 
 def fake_run(family, algorithm, seed, returns):
@@ -23,7 +11,7 @@ def fake_run(family, algorithm, seed, returns):
 
 
 def test_table_pools_tasks_and_seeds_per_family_and_algorithm(tmp_path):
-    bench = load_script()
+    bench = load_benchmark("learning")
     results = [fake_run("reach", "maml", 0, {0: [1.0, 3.0], 1: [5.0, 7.0]}),
                fake_run("reach", "maml", 1, {0: [2.0, 2.0], 1: [6.0, 6.0]}),
                fake_run("direction", "mtppo", 0, {0: [-1.0, 1.0], 1: [0.0, 0.0]})]
@@ -37,6 +25,6 @@ def test_table_pools_tasks_and_seeds_per_family_and_algorithm(tmp_path):
 
 
 def test_bad_grid_fails_before_training(capsys):
-    bench = load_script()
+    bench = load_benchmark("learning")
     with pytest.raises(Exception, match=r"learner\.nonsense"):
         bench.main(["--families", "reach", "--algorithms", "maml", "--set", "learner.nonsense=1"])

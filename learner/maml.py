@@ -28,6 +28,7 @@ class MAML(MetaLearner):
                 # phi_i(theta) is recomputed every step: the outer gradient flows through it.
                 adapted = adapt_batched(self.policy, self.params(), select(support_data, idx), cfg.inner_lr,
                                         cfg.inner_steps, cfg.first_order)
-                losses, kls = batched(self.ppo_terms)(adapted, select(query_data, idx))
-                metrics = self.ppo_step(losses, kls)
+                query_batch = select(query_data, idx)
+                losses, kls = batched(self.ppo_terms)(adapted, query_batch)
+                metrics = self.ppo_step(losses, kls, query_batch["task_weight"])
         return metrics

@@ -40,11 +40,14 @@ class Reptile(MetaLearner):
         cfg = self.config
         # The same phi_i the query episodes were collected with (same data, same deterministic steps).
         adapted, _ = self.adapt(support, "reptile", steps=cfg.inner_steps)
+        query_data = self.prepare(query)
         with torch.no_grad():
-            adapted = adapt_batched(self.policy, adapted, self.prepare(query), cfg.inner_lr, steps=1,
+            adapted = adapt_batched(self.policy, adapted, query_data, cfg.inner_lr, steps=1,
                                     first_order=True, per_task_params=True)
         theta = self.params()
-        pseudo = {k: cfg.reptile_step * (theta[k].detach() - adapted[k].mean(0)) for k in theta}
+        weights = query_data["task_weight"] / query_data["task_weight"].sum()  # task_weights; uniform by default
+        pseudo = {k: cfg.reptile_step * (theta[k].detach() - torch.tensordot(weights, adapted[k], dims=1))
+                  for k in theta}
         distance = torch.sqrt(sum((g * g).sum() for g in pseudo.values()) / cfg.reptile_step**2)
         grad_norm = self.step_pseudo_gradient(pseudo)
         entropy = gaussian_entropy(self.policy.log_std.detach())

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from learner.adaptation import Params, TaskData, adapt_batched, batched, inner_loss, log_prob
 from learner.losses import ppo_clip_loss
 from learner.networks import GaussianMLPPolicy
-from workers.policy import PolicySpec
+from policy import PolicySpec
 
 TOLERANCE = 1e-5
 TARGET_SPEEDUP = 3.0  # at meta-batch 20 on CPU (the target)

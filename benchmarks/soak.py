@@ -48,8 +48,8 @@ import ray
 from learner.config import Config, load_config
 from learner.tracking import Tracker, check_tracking_uri, resolve_tracking_uri
 from learner.trainer import Trainer, env_spaces
+from policy import PolicyWeights
 from workers.batch import Batch, SampleRequest
-from workers.policy import PolicyWeights
 from workers.pool import WorkerPool
 from workers.ray_pool import RayWorkerPool
 

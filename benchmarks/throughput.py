@@ -37,8 +37,8 @@ import numpy as np
 import fleet
 from fleet.robots import RobotSpec
 from fleet.tasks import TaskDistribution
+from policy import NumpyGaussianPolicy, PolicySpec, PolicyWeights
 from workers.batch import SampleRequest
-from workers.policy import NumpyGaussianPolicy, PolicySpec, PolicyWeights
 from workers.pool import LocalWorkerPool, WorkerPool
 from workers.rollout import rollout
 

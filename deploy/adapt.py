@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 
-from deploy.artifact import PolicyArtifact
 from deploy.registry import Registry, git_commit
 from deploy.robot import Robot, connect_robot, with_sim_defaults
 from deploy.safety import SafetyConfig, SafetyLayer
@@ -26,8 +25,9 @@ from learner.config import load_config
 from learner.evaluation import request_seed
 from learner.tracking import Tracker
 from learner.trainer import make_learner, task_distribution
+from policy import NumpyGaussianPolicy, PolicyWeights
+from policy.artifact import PolicyArtifact
 from workers.batch import Batch
-from workers.policy import NumpyGaussianPolicy, PolicyWeights
 from workers.rollout import rollout
 
 ADAPT_EXPERIMENT = "metafleet-adapt"

@@ -9,13 +9,13 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 
-from deploy.artifact import PolicyArtifact
 from deploy.registry import Registry, git_commit, log_serving_model
 from learner.config import Config, ConfigError, load_config
 from learner.evaluation import EvalResult, meta_evaluate
 from learner.trainer import TrainResult, make_learner, robot_of, task_distribution, train
-from workers.policy import OBS_CLIP
-from workers.pool import make_pool
+from policy import OBS_CLIP
+from policy.artifact import PolicyArtifact
+from workers.backends import make_pool
 
 
 @dataclass

@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.artifact import MANIFEST_FILE, WEIGHTS_FILE, ArtifactError, PolicyArtifact
 from deploy.registry import Registry
+from policy.artifact import MANIFEST_FILE, WEIGHTS_FILE, ArtifactError, PolicyArtifact
 
 
 @dataclass

@@ -16,8 +16,8 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from deploy.artifact import PolicyArtifact
 from learner.tracking import resolve_tracking_uri
+from policy.artifact import PolicyArtifact
 
 MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w\-]+))$")
 

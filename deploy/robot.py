@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlsplit
 
@@ -231,3 +232,19 @@ def _parse_tcp(address: str) -> tuple[str, int]:
     if not host or port is None or port == 0 or parts.path not in ("", "/") or parts.query:
         raise ValueError(f"robot address {address!r}: expected tcp://HOST:PORT with a port in 1..65535")
     return host, port
+
+
+def read_token(token_file: str | None, required: bool = True) -> str:
+    """The token from ``token_file`` (stripped) or ``$METAFLEET_ROBOT_TOKEN``; ValueError when required and empty."""
+    if token_file is not None:
+        try:
+            token = Path(token_file).read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read --token-file {token_file!r}: {exc}") from None
+        if not token:
+            raise ValueError(f"--token-file {token_file!r} is empty")
+        return token
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if required and not token:
+        raise ValueError(f"a robot token is required: set {TOKEN_ENV} or pass --token-file FILE")
+    return token

@@ -1,7 +1,7 @@
 """RobotRuntime: a pulled policy directory driving a `Robot` behind the safety layer.
 
 Loading reads only ``manifest.json`` and ``weights.safetensors`` (sha256 and array schema verified by
-:class:`deploy.artifact.PolicyArtifact`); nothing else in the directory is opened, so a stray pickle there
+:class:`policy.artifact.PolicyArtifact`); nothing else in the directory is opened, so a stray pickle there
 is never executed. Every step: observation schema check -> numpy policy -> :class:`SafetyLayer` -> robot.
 
 Usage::
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy.artifact import ArtifactError, PolicyArtifact
 from deploy.robot import Robot
 from deploy.safety import ObservationSchemaError, SafetyConfig, SafetyLayer
-from workers.policy import NumpyGaussianPolicy
+from policy import NumpyGaussianPolicy
+from policy.artifact import ArtifactError, PolicyArtifact
 
 
 class RobotRuntime:
@@ -34,7 +34,7 @@ class RobotRuntime:
         deterministic: Send the policy's mean action (True) or sample around it.
         expected_sha256: If given (e.g. from the registry's version tag), the weights must match it too.
 
-    Raises :class:`deploy.artifact.ArtifactError` for a missing, tampered or inconsistent artifact.
+    Raises :class:`policy.artifact.ArtifactError` for a missing, tampered or inconsistent artifact.
     """
 
     def __init__(self, policy_dir: str | Path, safety: SafetyConfig | None = None, deterministic: bool = True,

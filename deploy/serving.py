@@ -19,8 +19,8 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
     """Mean action of a metafleet policy for a batch of observations."""
 
     def load_context(self, context) -> None:
-        from deploy.artifact import PolicyArtifact
-        from workers.policy import NumpyGaussianPolicy
+        from policy import NumpyGaussianPolicy
+        from policy.artifact import PolicyArtifact
 
         artifact = PolicyArtifact.load(context.artifacts["policy"])
         self.policy = NumpyGaussianPolicy(artifact.weights)

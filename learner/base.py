@@ -31,8 +31,8 @@ from learner.losses import (
 )
 from learner.networks import GaussianMLPPolicy, RunningNormalizer, gaussian_entropy
 from learner.pcgrad import pcgrad_backward
+from policy import PolicySpec, PolicyWeights
 from workers.batch import Batch
-from workers.policy import PolicySpec, PolicyWeights
 
 
 def resolve_device(name: str) -> torch.device:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from fleet.tasks import Task
-from workers.policy import PolicySpec
+from policy import PolicySpec
 
 ENCODINGS = ("onehot", "params")
 

@@ -17,8 +17,8 @@ import torch
 from fleet.robots import RobotSpec
 from fleet.tasks import Task
 from learner.base import MetaLearner
+from policy import PolicyWeights
 from workers.batch import SampleRequest
-from workers.policy import PolicyWeights
 from workers.pool import WorkerPool
 
 FROM_SCRATCH = "from-scratch"

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 from learner.adaptation import adapt_batched, batched, select
 from learner.base import MetaLearner
+from policy import PolicyWeights
 from workers.batch import Batch
-from workers.policy import PolicyWeights
 
 
 class MAML(MetaLearner):

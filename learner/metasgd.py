@@ -20,8 +20,8 @@ from learner.adaptation import Params, adapt_batched, batched, select, unstack
 from learner.base import MetaLearner
 from learner.config import LearnerConfig
 from learner.networks import GaussianMLPPolicy
+from policy import PolicySpec, PolicyWeights
 from workers.batch import Batch
-from workers.policy import PolicySpec, PolicyWeights
 
 RATE_PREFIX = "inner_lr/"
 

@@ -19,8 +19,8 @@ from learner.base import MetaLearner
 from learner.conditioning import TaskEncoder, conditioned_spec
 from learner.config import LearnerConfig
 from learner.losses import masked_mean, ppo_clip_loss
+from policy import PolicySpec, PolicyWeights
 from workers.batch import Batch
-from workers.policy import PolicySpec, PolicyWeights
 
 
 def check_task_weights(weights: dict[str, float], train_tasks: Sequence[Task]) -> None:

@@ -1,4 +1,4 @@
-"""Torch networks: the Gaussian MLP policy (same weights layout as workers.policy) and an
+"""Torch networks: the Gaussian MLP policy (same weights layout as policy.mlp) and an
 observation normaliser whose statistics travel with the weights."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from learner.conditioning import MultiHead, broadcast_context, film
-from workers.policy import OBS_CLIP, PolicySpec, PolicyWeights
+from policy import OBS_CLIP, PolicySpec, PolicyWeights
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 

@@ -10,8 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from workers.policy import OBS_CLIP, PolicySpec, PolicyWeights
-from workers.recurrent import INPUT_CLIP, input_dim
+from policy import INPUT_CLIP, OBS_CLIP, PolicySpec, PolicyWeights, input_dim
 
 
 def recurrent_spec(spec: PolicySpec, hidden: int) -> PolicySpec:
@@ -40,7 +39,7 @@ def trial_inputs(actions: torch.Tensor, rewards: torch.Tensor, mask: torch.Tenso
 class GaussianGRUPolicy(nn.Module):
     """Diagonal Gaussian policy whose mean is a linear head on a GRU; state-independent log std.
 
-    State dict keys equal the numpy policy's array names (`workers.recurrent.gru_shapes`).
+    State dict keys equal the numpy policy's array names (`policy.spec.gru_shapes`).
     """
 
     def __init__(self, spec: PolicySpec, init_std: float = 1.0):

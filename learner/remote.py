@@ -30,9 +30,10 @@ from fleet.tasks import Task
 from learner.base import MetaLearner
 from learner.checkpoint import rng_state, set_rng_state
 from learner.config import Config, LearnerConfig
+from policy import PolicySpec, PolicyWeights
+from workers.backends import make_pool
 from workers.batch import Batch
-from workers.policy import PolicySpec, PolicyWeights
-from workers.pool import WorkerPool, make_pool
+from workers.pool import WorkerPool
 
 log = logging.getLogger(__name__)
 GROUP_READY_TIMEOUT_S = 120.0

@@ -24,8 +24,8 @@ import torch
 from learner.adaptation import adapt_batched
 from learner.base import MetaLearner
 from learner.networks import gaussian_entropy
+from policy import PolicyWeights
 from workers.batch import Batch
-from workers.policy import PolicyWeights
 
 
 class Reptile(MetaLearner):

@@ -31,8 +31,8 @@ from learner.losses import (
 )
 from learner.networks import gaussian_log_prob
 from learner.recurrent import GaussianGRUPolicy, recurrent_spec
+from policy import PolicySpec, PolicyWeights
 from workers.batch import Batch, SampleRequest
-from workers.policy import PolicySpec, PolicyWeights
 
 EVAL_PHASE_KEY = 11  # request-seed key of in-context evaluation (gradient evaluation uses 7)
 

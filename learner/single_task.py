@@ -25,8 +25,8 @@ from learner.base import MetaLearner
 from learner.config import LearnerConfig
 from learner.mtppo import check_task_weights
 from learner.networks import GaussianMLPPolicy, gaussian_entropy
+from policy import PolicySpec, PolicyWeights
 from workers.batch import Batch
-from workers.policy import PolicySpec, PolicyWeights
 
 
 class SingleTaskPPO(MetaLearner):

@@ -36,9 +36,10 @@ from learner.multitask_eval import TaskEvalResult, evaluate_tasks
 from learner.plots import adaptation_figure, per_task_figure
 from learner.progress import Progress
 from learner.tracking import Tracker, check_tracking_uri, resolve_tracking_uri
+from policy import PolicySpec
+from workers.backends import make_pool
 from workers.batch import Batch, SampleRequest
-from workers.policy import PolicySpec
-from workers.pool import WorkerPool, make_pool
+from workers.pool import WorkerPool
 
 log = logging.getLogger(__name__)
 # algorithm -> "module:class", imported on use so one learner's dependencies never load for another.

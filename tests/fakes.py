@@ -7,7 +7,7 @@ import numpy as np
 
 from fleet.robots import RobotSpec
 from fleet.tasks import Task
-from workers.policy import PolicySpec
+from policy import PolicySpec
 
 
 class PointEnv(gym.Env):
@@ -59,8 +59,8 @@ def make_policy_dir(directory, obs_dim: int = 20, head_scale: float = 1.0, horiz
     """A small random reach policy saved as an artifact (numpy weights; what the learner would publish)."""
     from pathlib import Path
 
-    from deploy.artifact import PolicyArtifact
-    from workers.policy import PolicyWeights
+    from policy import PolicyWeights
+    from policy.artifact import PolicyArtifact
 
     spec = PolicySpec(obs_dim, 3, (16,))
     rng = np.random.default_rng(0)

@@ -3,7 +3,7 @@
 import pytest
 import ray
 
-from fleet.cli import main
+from metafleet.cli import main
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from fleet.cli import main
+from metafleet.cli import main
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -9,8 +9,8 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 
+from policy import PolicyWeights
 from workers.batch import Batch, SampleRequest
-from workers.policy import PolicyWeights
 from workers.worker import EnvFactory, RolloutWorker
 
 
@@ -60,14 +60,3 @@ class LocalWorkerPool(WorkerPool):
     def close(self) -> None:
         for worker in self.workers:
             worker.close()
-
-
-def make_pool(backend: str, num_workers: int, env_factory: EnvFactory | None = None) -> WorkerPool:
-    """Build the pool named by a config's `workers.backend`."""
-    if backend == "local":
-        return LocalWorkerPool(num_workers, env_factory)
-    if backend == "ray":
-        from workers.ray_pool import RayWorkerPool
-
-        return RayWorkerPool(num_workers, env_factory)
-    raise ValueError(f"unknown worker backend {backend!r}; expected 'local' or 'ray'")

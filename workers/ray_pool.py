@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import ray
 from ray._private import ray_constants
 
+from policy import PolicyWeights
 from workers.batch import Batch, SampleRequest
-from workers.policy import PolicyWeights
 from workers.pool import WorkerPool, split_evenly
 from workers.worker import EnvFactory, RolloutWorker
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import gymnasium as gym
 import numpy as np
 
-from workers.policy import NumpyGaussianPolicy
+from policy import NumpyGaussianPolicy
 
 
 def rollout(

@@ -13,8 +13,8 @@ import gymnasium as gym
 import numpy as np
 
 from fleet.robots import RobotSpec
+from policy import NumpyGaussianPolicy, PolicyWeights, make_policy
 from workers.batch import Batch, SampleRequest
-from workers.policy import NumpyGaussianPolicy, PolicyWeights, make_policy
 from workers.rollout import rollout
 
 EnvFactory = Callable[[str, RobotSpec, int], gym.Env]

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def registry_store(tmp_path_factory):
     """Train configs/smoke.yaml twice (versions 1 and 2 of `smoke`); yield the store's URI."""
-    from fleet.cli import main
+    from metafleet.cli import main
 
     home = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{home}/mlflow.db"

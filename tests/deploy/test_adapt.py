@@ -5,7 +5,7 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from fleet.cli import main
+from metafleet.cli import main
 
 GOAL = "goal=[0.62,0.12,0.38]"
 
@@ -37,8 +37,8 @@ def test_adapt_on_sim_robot_registers_lineage(store, capfd):
 
 
 def test_adapted_policy_differs_from_its_parent(store, capfd, tmp_path):
-    from deploy.artifact import PolicyArtifact
     from deploy.registry import Registry
+    from policy.artifact import PolicyArtifact
 
     code, result = adapt(capfd, "--robot", "sim:kuka-8", "--task", GOAL, "--episodes", "2")
     assert code == 0

@@ -16,7 +16,7 @@ PUBLISHER = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     os.environ["MLFLOW_LOGGING_LEVEL"] = "WARNING"
     import mlflow
-    from deploy.artifact import PolicyArtifact
+    from policy.artifact import PolicyArtifact
     from deploy.registry import Registry
     from tests.fakes import make_policy_dir
 

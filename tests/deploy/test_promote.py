@@ -4,7 +4,7 @@ import json
 
 from mlflow.tracking import MlflowClient
 
-from fleet.cli import main
+from metafleet.cli import main
 
 
 def promote(capsys, *args):

@@ -3,8 +3,8 @@
 import json
 import shutil
 
-from deploy.artifact import PolicyArtifact
-from fleet.cli import main
+from metafleet.cli import main
+from policy.artifact import PolicyArtifact
 from tests.deploy.conftest import source_dir
 
 

@@ -1,4 +1,4 @@
-"""`fleet run` / `fleet serve-robot` through a parser built with deploy.robot_cli.add_parsers."""
+"""`fleet run` / `fleet serve-robot` through a parser built with metafleet.robot_commands.add_parsers."""
 
 import argparse
 import importlib.util
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deploy.robot_cli import add_parsers
+from metafleet.robot_commands import add_parsers
 from tests.fakes import make_policy_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,7 +135,7 @@ def test_serve_robot_then_run_over_tcp(policy, tmp_path, monkeypatch, capsys):
     token_file.write_text(TOKEN + "\n")
     env = {k: v for k, v in os.environ.items() if k != "METAFLEET_ROBOT_TOKEN"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "deploy.robot_cli", "serve-robot", "sim:kuka-0?horizon=12", "--port", "0",
+        [sys.executable, "-m", "metafleet", "serve-robot", "sim:kuka-0?horizon=12", "--port", "0",
          "--token-file", str(token_file)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deploy.artifact import ArtifactError
 from deploy.robot import Robot, SimRobot, Step
 from deploy.runtime import RobotRuntime
 from deploy.safety import ObservationSchemaError, SafetyConfig
+from policy.artifact import ArtifactError
 from tests.fakes import make_policy_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -147,7 +147,7 @@ def test_tampered_or_inconsistent_artifacts_are_refused(tmp_path):
 
 
 def test_robot_side_imports_neither_ray_nor_pybullet_nor_torch():
-    code = ("import sys, deploy.runtime, deploy.safety, deploy.bridge, deploy.robot, deploy.robot_cli\n"
+    code = ("import sys, deploy.runtime, deploy.safety, deploy.bridge, deploy.robot, metafleet.robot_commands\n"
             "loaded = [m for m in ('ray', 'pybullet', 'torch') if m in sys.modules]\n"
             "assert not loaded, loaded\n")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from deploy.artifact import PolicyArtifact
+from policy import NumpyGaussianPolicy
+from policy.artifact import PolicyArtifact
 from tests.deploy.conftest import source_dir
-from workers.policy import NumpyGaussianPolicy
 
 
 def serving_uri(store: str) -> str:

@@ -13,8 +13,8 @@ from fleet.plugins import PluginError, load_plugin
 from fleet.tasks import TaskDistribution, get_family
 from learner.config import ConfigError, load_config
 from learner.networks import GaussianMLPPolicy
+from policy import PolicySpec
 from workers.batch import SampleRequest
-from workers.policy import PolicySpec
 from workers.pool import LocalWorkerPool
 
 NAV = "examples.nav2d:Nav2D"

@@ -2,9 +2,9 @@
 
 import json
 
-from fleet.cli import main
 from fleet.robots import ROBOT_MODELS
 from fleet.tasks import FAMILIES
+from metafleet.cli import main
 
 
 def test_tasks_json_lists_every_family_and_robot(capsys):

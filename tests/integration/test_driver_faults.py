@@ -84,7 +84,7 @@ def fleet(args: list[str], cwd: Path, log_name: str) -> subprocess.Popen:
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     with open(cwd / f"{log_name}.out", "w") as out, open(cwd / f"{log_name}.err", "w") as err:
-        return subprocess.Popen([sys.executable, "-m", "fleet", *args], cwd=cwd, env=env, stdout=out, stderr=err)
+        return subprocess.Popen([sys.executable, "-m", "metafleet", *args], cwd=cwd, env=env, stdout=out, stderr=err)
 
 
 def wait_for_checkpoints(root: Path, count: int, proc: subprocess.Popen, timeout: float = 120) -> Path:

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet.cli import main
 from learner.config import load_config
+from metafleet.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))

@@ -10,7 +10,7 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from fleet.cli import main
+from metafleet.cli import main
 
 pytestmark = pytest.mark.integration
 GOAL = "goal=[0.6,0.1,0.42]"
@@ -37,7 +37,7 @@ def test_train_adapt_promote_pull_run(mlflow_uri, request, capfd, tmp_path, monk
 
     monkeypatch.setenv("METAFLEET_ROBOT_TOKEN", "lifecycle-token")
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "fleet", "serve-robot", "sim:kuka-5?horizon=10", "--port",
+    server = subprocess.Popen([sys.executable, "-m", "metafleet", "serve-robot", "sim:kuka-5?horizon=10", "--port",
                                str(port)], stdout=subprocess.PIPE, text=True, env=os.environ.copy())
     try:
         assert "serving" in server.stdout.readline()

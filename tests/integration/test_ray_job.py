@@ -185,7 +185,7 @@ def test_smoke_training_as_ray_job(ray_cluster, tmp_path):
     experiment = load_config(str(REPO_ROOT / "configs/smoke.yaml")).tracking.experiment
     MlflowClient(uri).create_experiment(experiment, artifact_location=(tmp_path / "artifacts").as_uri())
 
-    entrypoint = ["python", "-m", "fleet", "train", "configs/smoke.yaml",
+    entrypoint = ["python", "-m", "metafleet", "train", "configs/smoke.yaml",
                   "--set", "workers.backend=ray", "--set", "workers.num_workers=1"]
     submission_id = _submit(ray_cluster, entrypoint, {"env_vars": {"MLFLOW_TRACKING_URI": uri}}, tmp_path)
 

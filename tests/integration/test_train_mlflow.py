@@ -6,7 +6,7 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from fleet.cli import main
+from metafleet.cli import main
 
 pytestmark = pytest.mark.integration
 SMOKE = "configs/smoke.yaml"

@@ -10,9 +10,9 @@ from learner.conditioning import TaskEncoder, conditioned_spec, flatten_params
 from learner.config import LearnerConfig
 from learner.mtppo import MultiTaskPPO
 from learner.networks import GaussianMLPPolicy
+from policy import NumpyGaussianPolicy, PolicySpec
 from tests.fakes import POINT_SPEC, ROBOT, point_env_factory, point_tasks
 from workers.batch import SampleRequest
-from workers.policy import NumpyGaussianPolicy, PolicySpec
 from workers.pool import LocalWorkerPool
 
 MODES = ["concat", "additive", "multihead", "film"]
@@ -98,7 +98,7 @@ def test_unconditioned_weights_keep_the_original_layout():
 
 
 def test_an_old_artifact_still_loads_and_runs(tmp_path):
-    from deploy.artifact import PolicyArtifact
+    from policy.artifact import PolicyArtifact
     from tests.fakes import make_policy_dir
 
     artifact = PolicyArtifact.load(make_policy_dir(tmp_path / "p", obs_dim=5))

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from deploy.artifact import ArtifactError, PolicyArtifact
 from learner.config import LearnerConfig
 from learner.metasgd import RATE_PREFIX, MetaSGD
 from learner.trainer import make_learner
+from policy import PolicyWeights
+from policy.artifact import ArtifactError, PolicyArtifact
 from tests.fakes import POINT_SPEC, ROBOT, point_env_factory, point_tasks
 from workers.batch import SampleRequest
-from workers.policy import PolicyWeights
 from workers.pool import LocalWorkerPool
 
 TASKS = point_tasks(4, seed=2)

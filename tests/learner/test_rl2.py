@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from deploy.artifact import PolicyArtifact
 from learner.config import LearnerConfig
 from learner.evaluation import meta_evaluate
 from learner.rl2 import RL2, InContextLearnerError
 from learner.trainer import make_learner
+from policy.artifact import PolicyArtifact
 from tests.fakes import POINT_SPEC, ROBOT, point_env_factory, point_tasks
 from workers.batch import SampleRequest
 from workers.pool import LocalWorkerPool

@@ -10,8 +10,8 @@ import torch
 import fleet
 from fleet.tasks import TaskDistribution
 from learner.networks import GaussianMLPPolicy
+from policy import PolicySpec
 from workers.batch import SampleRequest
-from workers.policy import PolicySpec
 from workers.pool import LocalWorkerPool
 
 NAV = "examples.nav2d:Nav2D"

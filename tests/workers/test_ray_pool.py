@@ -40,7 +40,7 @@ def test_ray_pool_on_real_reach_env(ray_local):
     """Real pybullet envs inside Ray actors."""
     from fleet.robots import RobotSpec
     from fleet.tasks import TaskDistribution
-    from workers.policy import PolicySpec
+    from policy import PolicySpec
     from workers.ray_pool import RayWorkerPool
 
     tasks = TaskDistribution("reach", 4, 2, seed=0).sample(2, "train")

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from learner.recurrent import GaussianGRUPolicy, recurrent_spec
+from policy import NumpyGaussianPolicy, NumpyRecurrentPolicy, PolicySpec, PolicyWeights, gru_shapes, make_policy
 from tests.fakes import POINT_SPEC, ROBOT, PointEnv, point_env_factory, point_tasks
 from workers.batch import SampleRequest
-from workers.policy import NumpyGaussianPolicy, PolicySpec, PolicyWeights, make_policy
-from workers.recurrent import NumpyRecurrentPolicy, gru_shapes, rollout_trials
+from workers.recurrent import rollout_trials
 from workers.rollout import rollout
 from workers.worker import RolloutWorker
 

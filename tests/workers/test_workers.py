@@ -6,9 +6,9 @@ import torch
 
 from learner.adaptation import log_prob
 from learner.networks import GaussianMLPPolicy
+from policy import NumpyGaussianPolicy, PolicyWeights
 from tests.fakes import POINT_SPEC, ROBOT, PointEnv, point_env_factory, point_tasks
 from workers.batch import SampleRequest
-from workers.policy import NumpyGaussianPolicy, PolicyWeights
 from workers.pool import LocalWorkerPool, split_evenly
 from workers.rollout import rollout
 from workers.worker import RolloutWorker

@@ -1,35 +1,20 @@
-"""`fleet run` and `fleet serve-robot`: a policy directory on a robot, and a robot on the network.
-
-Wiring (fleet/cli.py)::
-
-    from deploy.robot_cli import add_parsers
-    add_parsers(sub)                 # adds "run" and "serve-robot", each with set_defaults(handler=...)
-    return args.handler(args)        # cmd_run / cmd_serve_robot return the exit code
-
-Exit codes as in fleet/cli.py: 0 success, 2 bad input (nothing moved), 1 a failure while running.
-Standalone: ``python -m deploy.robot_cli run DIR --robot sim:kuka-0``.
-"""
+"""`fleet run` and `fleet serve-robot`: a policy directory on a robot, and a robot on the network."""
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import math
-import os
 import signal
 import sys
 import threading
 from pathlib import Path
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-TOKEN_ENV = "METAFLEET_ROBOT_TOKEN"
+from deploy.robot import TOKEN_ENV, read_token
+from metafleet.args import EXIT_FAILED, EXIT_OK, BadInput, error, parse_task
+
 GIF_FRAME_MS = 40  # 25 fps: GIF delays are centiseconds and viewers slow anything under 20 ms
 MP4_FPS = 60  # the sim's control rate (240 Hz physics / 4 substeps): real time
-
-
-class BadInput(ValueError):
-    """A command-line value that is wrong before anything starts (exit 2)."""
 
 
 def add_parsers(sub) -> None:
@@ -61,36 +46,31 @@ def add_parsers(sub) -> None:
     serve.set_defaults(handler=cmd_serve_robot)
 
 
-def _error(message: str, code: int = EXIT_BAD_INPUT) -> int:
-    print(f"fleet: error: {message}", file=sys.stderr)
-    return code
-
-
 # -------------------------------------------------------------------------------------------- run
 def cmd_run(args) -> int:
     """``fleet run DIR --robot ROBOT``: episodes of the policy on the robot; per-episode and mean results."""
-    from deploy.artifact import ArtifactError
     from deploy.runtime import RobotRuntime
     from deploy.safety import SafetyConfig
+    from policy.artifact import ArtifactError
 
     try:
-        rate, task = _parse_rate(args.max_action_rate), _parse_task(args.task)
+        rate, task = _parse_rate(args.max_action_rate), parse_task(args.task)
         if args.episodes < 1:
             raise BadInput(f"--episodes must be >= 1, got {args.episodes}")
         _check_video(args.video, args.robot)
         runtime = RobotRuntime(args.policy_dir, SafetyConfig(max_action_rate=rate), deterministic=not args.stochastic)
     except BadInput as exc:
-        return _error(str(exc))
+        return error(str(exc))
     except (ArtifactError, OSError) as exc:
-        return _error(f"cannot load policy {args.policy_dir!r}: {exc}")
+        return error(f"cannot load policy {args.policy_dir!r}: {exc}")
     try:
         robot = _connect(args, runtime, task)
     except BadInput as exc:
-        return _error(str(exc))
+        return error(str(exc))
     try:
         results, frames = _run_episodes(args, runtime, robot, task)
     except (ValueError, RuntimeError, OSError) as exc:  # schema errors, robot errors, lost connections
-        return _error(f"run on {args.robot} failed: {exc}", EXIT_FAILED)
+        return error(f"run on {args.robot} failed: {exc}", EXIT_FAILED)
     finally:
         robot.close()
     _report(args, runtime, results)
@@ -106,7 +86,7 @@ def _connect(args, runtime, task):
     from deploy.robot import connect_robot, with_sim_defaults
 
     if args.robot.startswith("tcp://"):
-        kw = {"token": _read_token(args.token_file, required=False) or None}
+        kw = {"token": _token(args.token_file, required=False) or None}
     else:
         family = runtime.manifest.get("family") or (runtime.manifest.get("fleet") or {}).get("family") or "reach"
         kw = {"family": family, "horizon": runtime.horizon or 50, "task": task, "render": bool(args.video)}
@@ -163,25 +143,6 @@ def _parse_rate(text: str) -> float | None:
     return rate
 
 
-def _parse_task(items: list[str]) -> dict | None:
-    """``["goal=[0.6,0.1,0.4]"]`` -> ``{"goal": [0.6, 0.1, 0.4]}`` (values parsed as YAML)."""
-    import yaml
-
-    task: dict = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise BadInput(f"--task {item!r}: expected KEY=VALUE, e.g. --task goal=[0.6,0.1,0.4]")
-        if key in task:
-            raise BadInput(f"--task {key!r} given twice")
-        try:
-            task[key] = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            raise BadInput(f"--task {item!r}: the value is not valid YAML ({exc.__class__.__name__})") from None
-    return task or None
-
-
 def _check_video(path: str | None, robot: str) -> None:
     if path is None:
         return
@@ -206,22 +167,6 @@ def _write_video(path: str, frames: list) -> None:
         imageio.mimsave(path, frames, fps=MP4_FPS)
 
 
-def _read_token(token_file: str | None, required: bool = True) -> str:
-    """The token from ``token_file`` (stripped) or ``$METAFLEET_ROBOT_TOKEN``; BadInput when required and empty."""
-    if token_file is not None:
-        try:
-            token = Path(token_file).read_text().strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise BadInput(f"cannot read --token-file {token_file!r}: {exc}") from None
-        if not token:
-            raise BadInput(f"--token-file {token_file!r} is empty")
-        return token
-    token = os.environ.get(TOKEN_ENV, "").strip()
-    if required and not token:
-        raise BadInput(f"a robot token is required: set {TOKEN_ENV} or pass --token-file FILE")
-    return token
-
-
 # ---------------------------------------------------------------------------------------- serve-robot
 def cmd_serve_robot(args) -> int:
     """``fleet serve-robot ROBOT``: serve a robot over TCP until SIGINT/SIGTERM."""
@@ -229,7 +174,7 @@ def cmd_serve_robot(args) -> int:
     from deploy.robot import connect_robot
 
     try:
-        token = _read_token(args.token_file)
+        token = _token(args.token_file)
         if not args.robot.startswith("sim:"):
             raise BadInput(f"serve-robot serves a local robot: expected sim:<robot-id>, got {args.robot!r} "
                            "(for a real robot, wrap its driver in RobotServer; see docs/robots.md)")
@@ -237,14 +182,14 @@ def cmd_serve_robot(args) -> int:
             raise BadInput(f"--port must be in 0..65535, got {args.port}")
         robot = connect_robot(args.robot)
     except BadInput as exc:
-        return _error(str(exc))
+        return error(str(exc))
     except ValueError as exc:
-        return _error(f"cannot open robot {args.robot!r}: {exc}")
+        return error(f"cannot open robot {args.robot!r}: {exc}")
     try:
         server = RobotServer(robot, token, host=args.host, port=args.port)
     except OSError as exc:
         robot.close()
-        return _error(f"cannot listen on {args.host}:{args.port}: {exc}")
+        return error(f"cannot listen on {args.host}:{args.port}: {exc}")
     return _serve_until_signal(server, robot, args)
 
 
@@ -269,13 +214,9 @@ def _serve_until_signal(server, robot, args) -> int:
     return EXIT_OK
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (``python -m deploy.robot_cli``) until fleet/cli.py wires these commands."""
-    parser = argparse.ArgumentParser(prog="python -m deploy.robot_cli")
-    add_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.handler(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def _token(token_file: str | None, required: bool = True) -> str:
+    """`deploy.robot.read_token` with its complaint as bad input (exit 2)."""
+    try:
+        return read_token(token_file, required)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None

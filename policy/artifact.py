@@ -2,7 +2,7 @@
 no code from the registry, no torch/Ray/pybullet needed on the robot side.
 
     policy/
-      weights.safetensors   arrays named as in workers.policy.PolicySpec.weight_names()
+      weights.safetensors   arrays named as in policy.spec.PolicySpec.weight_names()
       manifest.json         spaces, network, normaliser layout, adaptation settings, sha256
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
-from workers.policy import PolicySpec, PolicyWeights
+from policy.spec import PolicySpec, PolicyWeights
 
 FORMAT = "metafleet.policy/1"
 WEIGHTS_FILE, MANIFEST_FILE = "weights.safetensors", "manifest.json"

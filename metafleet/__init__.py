@@ -1,0 +1,10 @@
+"""metafleet's front door: the `fleet` command (and `python -m metafleet`).
+
+It sits above every layer (deploy, learner, workers, policy, fleet): it parses, validates and calls one
+function per command. Nothing below imports it. Modules:
+
+- `metafleet.cli`: the parser, `main`, the exit codes, the one strict `--task` parser.
+- `metafleet.train_commands`: `train`, `eval`, `tasks`.
+- `metafleet.registry_commands`: `adapt`, `promote`, `pull`.
+- `metafleet.robot_commands`: `run`, `serve-robot`.
+"""

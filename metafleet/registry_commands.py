@@ -1,0 +1,99 @@
+"""`fleet adapt`, `fleet promote`, `fleet pull`: the registry side of a policy's life."""
+
+from __future__ import annotations
+
+import json
+
+from metafleet.args import EXIT_OK, bad_input, parse_task
+
+
+def add_parsers(sub) -> None:
+    """Add the adapt, promote, pull subcommands to an argparse subparsers object."""
+    adapt = sub.add_parser("adapt", help="adapt a meta-policy on one robot and register the adapted version")
+    adapt.add_argument("model_uri", help="the meta-policy, e.g. models:/reach-maml@candidate")
+    adapt.add_argument("--robot", required=True, help="sim:<robot-id> or tcp://HOST:PORT")
+    adapt.add_argument("--robot-id", help="registry id of the robot (default: from --robot)")
+    adapt.add_argument("--task", action="append", default=[], metavar="KEY=VALUE",
+                       help="task parameter, e.g. goal=[0.6,0.1,0.35] (default: first held-out task)")
+    adapt.add_argument("--episodes", type=int, default=10, help="support episodes per adaptation step")
+    adapt.add_argument("--steps", type=int, default=1, help="adaptation (gradient) steps")
+    adapt.add_argument("--seed", type=int, default=0)
+    adapt.add_argument("--json", action="store_true", help="print JSON")
+
+    adapt.set_defaults(handler=cmd_adapt)
+
+    promote = sub.add_parser("promote", help="move an alias to a version if it evaluates better (a gate)")
+    promote.add_argument("model", help="registered model name")
+    promote.add_argument("--version", required=True, help="candidate version")
+    promote.add_argument("--alias", default="production", help="alias to move (default: production)")
+    promote.add_argument("--force", action="store_true", help="move the alias whatever the evaluation says")
+    promote.add_argument("--episodes", type=int, default=10, help="episodes per held-out task")
+    promote.add_argument("--tasks", type=int, default=10, help="held-out tasks")
+    promote.add_argument("--json", action="store_true", help="print JSON")
+
+    promote.set_defaults(handler=cmd_promote)
+
+    pull = sub.add_parser("pull", help="download and verify a policy, then switch a directory to it atomically")
+    pull.add_argument("model_uri", help="models:/NAME/VERSION, models:/NAME@ALIAS or runs:/ID/policy")
+    pull.add_argument("--out", required=True, help="policy path (a symlink managed by fleet pull)")
+    pull.add_argument("--json", action="store_true", help="print JSON")
+    pull.set_defaults(handler=cmd_pull)
+
+
+def cmd_adapt(args) -> int:
+    from deploy.adapt import adapt_on_robot
+    from deploy.registry import RegistryError
+    from policy.artifact import ArtifactError
+
+    if args.episodes < 1 or args.steps < 1:
+        return bad_input("--episodes and --steps must be >= 1")
+    try:
+        task = parse_task(args.task)
+        result = adapt_on_robot(args.model_uri, args.robot, task, args.episodes, args.steps, args.robot_id, args.seed)
+    except (ValueError, RegistryError, ArtifactError, ConnectionError) as exc:
+        return bad_input(str(exc))
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return EXIT_OK
+    print(f"adapted {result.parent} on robot {result.robot_id} ({result.episodes} episodes x {result.steps} steps)")
+    print(f"  return  before {result.return_before:8.2f}   after {result.return_after:8.2f}")
+    print(f"  success before {result.success_before:8.2f}   after {result.success_after:8.2f}")
+    moved = f"alias @robot-{result.robot_id} -> v{result.version}" if result.alias_moved else (
+        f"alias @robot-{result.robot_id} NOT moved (adaptation made it worse)")
+    print(f"registered models:/{result.model}/{result.version}; {moved}")
+    return EXIT_OK
+
+
+def cmd_promote(args) -> int:
+    from deploy.promote import promote
+    from deploy.registry import RegistryError
+
+    try:
+        decision = promote(args.model, args.version, args.alias, args.force, episodes=args.episodes,
+                           num_tasks=args.tasks)
+    except RegistryError as exc:
+        return bad_input(str(exc))
+    if args.json:
+        print(json.dumps(decision.to_dict(), indent=2))
+    else:
+        verdict = "promoted" if decision.promoted else "not promoted"
+        print(f"models:/{args.model}/{args.version} {verdict} to @{args.alias}: {decision.reason}")
+    return EXIT_OK
+
+
+def cmd_pull(args) -> int:
+    from deploy.pull import pull
+    from deploy.registry import RegistryError
+    from policy.artifact import ArtifactError
+
+    try:
+        result = pull(args.model_uri, args.out)
+    except (RegistryError, ArtifactError) as exc:
+        return bad_input(f"pull refused, {args.out} unchanged: {exc}")
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(f"pulled {args.model_uri} (v{result.version}, sha256 {result.sha256[:16]}) -> {result.path}")
+        if result.previous:
+            print(f"previous policy kept as {result.path}.last-good")
+    return EXIT_OK

@@ -1,0 +1,34 @@
+"""metafleet's policy package: what a robot carries. Imports numpy and safetensors only.
+
+- `policy.spec`: `PolicySpec` (a network's shape, every kind's array layout) and `PolicyWeights`.
+- `policy.mlp`, `policy.gru`: the numpy policies (Gaussian MLP, plain or task-conditioned; RL^2 GRU).
+- `policy.factory.make_policy`: the numpy policy for a spec's kind.
+- `policy.artifact`: the artifact format (safetensors weights + JSON manifest), verified on load.
+
+Workers, the learner and the robot runtime all use this package; it imports nothing else of ours.
+
+>>> from policy import PolicyArtifact, make_policy
+>>> artifact = PolicyArtifact.load("policy_dir")
+>>> actions, logp = make_policy(artifact.weights).sample(obs, rng)
+"""
+
+from policy.artifact import ArtifactError, PolicyArtifact
+from policy.factory import make_policy
+from policy.gru import NumpyRecurrentPolicy
+from policy.mlp import NumpyGaussianPolicy
+from policy.spec import INPUT_CLIP, LOG_2PI, OBS_CLIP, PolicySpec, PolicyWeights, gru_shapes, input_dim
+
+__all__ = [
+    "INPUT_CLIP",
+    "LOG_2PI",
+    "OBS_CLIP",
+    "ArtifactError",
+    "NumpyGaussianPolicy",
+    "NumpyRecurrentPolicy",
+    "PolicyArtifact",
+    "PolicySpec",
+    "PolicyWeights",
+    "gru_shapes",
+    "input_dim",
+    "make_policy",
+]

@@ -1,0 +1,139 @@
+"""What a policy is, anywhere it runs: a `PolicySpec` (the network's shape) and `PolicyWeights`
+(the spec plus plain numpy arrays, versioned). The array layout of every policy kind lives here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+OBS_CLIP = 10.0
+INPUT_CLIP = OBS_CLIP  # previous action and reward enter a GRU clipped to +-this (bounded inputs)
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """Shape of a Gaussian MLP policy: what a factory needs to rebuild it anywhere."""
+
+    obs_dim: int
+    act_dim: int
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    activation: str = "tanh"
+    kind: str = "mlp"  # "mlp" (feed-forward) or "gru" (recurrent, RL^2)
+    conditioning: str = "none"  # how a task context enters an mlp: see CONDITIONING
+    context_dim: int = 0  # length of the task context vector (0 = no context)
+    num_heads: int = 1  # output heads (conditioning="multihead": one per training task)
+
+    def __post_init__(self) -> None:
+        if self.obs_dim <= 0 or self.act_dim <= 0:
+            raise ValueError(f"obs_dim and act_dim must be positive, got {self.obs_dim}, {self.act_dim}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; expected one of {sorted(ACTIVATIONS)}")
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown policy kind {self.kind!r}; expected one of {KINDS}")
+        if self.conditioning not in CONDITIONING:
+            raise ValueError(f"unknown conditioning {self.conditioning!r}; expected one of {CONDITIONING}")
+        if (self.conditioning == "none") != (self.context_dim == 0):
+            raise ValueError(f"conditioning {self.conditioning!r} needs context_dim > 0 exactly when it is "
+                             f"not 'none', got context_dim={self.context_dim}")
+        if self.num_heads < 1 or (self.num_heads > 1 and self.conditioning != "multihead"):
+            raise ValueError(f"num_heads > 1 only with conditioning='multihead', got {self.num_heads}")
+        if self.conditioning == "multihead" and self.num_heads != self.context_dim:
+            raise ValueError(f"conditioning 'multihead' mixes its heads by the task vector: num_heads "
+                             f"({self.num_heads}) must equal context_dim ({self.context_dim})")
+
+    def to_dict(self) -> dict:
+        return {
+            "obs_dim": self.obs_dim,
+            "act_dim": self.act_dim,
+            "hidden_sizes": list(self.hidden_sizes),
+            "activation": self.activation,
+            "kind": self.kind,
+            "conditioning": self.conditioning,
+            "context_dim": self.context_dim,
+            "num_heads": self.num_heads,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PolicySpec:
+        # Fields added after the first artifacts have defaults, so older manifests still load.
+        return cls(
+            obs_dim=int(data["obs_dim"]),
+            act_dim=int(data["act_dim"]),
+            hidden_sizes=tuple(int(h) for h in data["hidden_sizes"]),
+            activation=str(data.get("activation", "tanh")),
+            kind=str(data.get("kind", "mlp")),
+            conditioning=str(data.get("conditioning", "none")),
+            context_dim=int(data.get("context_dim", 0)),
+            num_heads=int(data.get("num_heads", 1)),
+        )
+
+    def weight_names(self) -> list[str]:
+        """Array names in a weights dict, matching the torch module's state_dict keys."""
+        return list(self.weight_shapes())
+
+    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Array name -> shape. Unconditioned specs have exactly the first artifacts' arrays; each
+        conditioning mode adds its own (concat only widens `hidden.0.weight`)."""
+        if self.kind == "gru":
+            return gru_shapes(self)
+        c, sizes = self.context_dim, [self.obs_dim, *self.hidden_sizes]
+        shapes: dict[str, tuple[int, ...]] = {"obs_mean": (self.obs_dim,), "obs_std": (self.obs_dim,)}
+        for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+            fan_in = a + c if (i == 0 and self.conditioning == "concat") else a
+            shapes[f"hidden.{i}.weight"], shapes[f"hidden.{i}.bias"] = (b, fan_in), (b,)
+        if self.conditioning == "additive":
+            shapes["context_embed.weight"] = (sizes[1], c)
+        if self.conditioning == "film":
+            for i, h in enumerate(self.hidden_sizes):
+                shapes[f"film.{i}.weight"], shapes[f"film.{i}.bias"] = (2 * h, c), (2 * h,)
+        if self.conditioning == "multihead":
+            shapes["mean_heads.weight"] = (self.num_heads, self.act_dim, sizes[-1])
+            shapes["mean_heads.bias"] = (self.num_heads, self.act_dim)
+        else:
+            shapes["mean_head.weight"], shapes["mean_head.bias"] = (self.act_dim, sizes[-1]), (self.act_dim,)
+        shapes["log_std"] = (self.act_dim,)
+        return shapes
+
+
+KINDS = ("mlp", "gru")
+CONDITIONING = ("none", "concat", "additive", "multihead", "film")
+ACTIVATIONS = {"tanh": np.tanh, "relu": lambda x: np.maximum(x, 0.0)}
+
+
+@dataclass(frozen=True)
+class PolicyWeights:
+    """A versioned, self-describing set of policy weights (what travels to workers)."""
+
+    spec: PolicySpec
+    arrays: dict[str, np.ndarray]
+    version: str = "0"
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        missing = set(self.spec.weight_names()) - set(self.arrays)
+        if missing:
+            raise ValueError(f"policy weights {self.version!r} miss arrays {sorted(missing)}")
+
+
+def gru_shapes(spec: PolicySpec) -> dict[str, tuple[int, ...]]:
+    """Array name -> shape of a GRU policy (`spec.kind == "gru"`, one hidden size: the GRU width)."""
+    if len(spec.hidden_sizes) != 1:
+        raise ValueError(f"a 'gru' policy has exactly one hidden size (the GRU width), got {spec.hidden_sizes}")
+    (hidden,) = spec.hidden_sizes
+    d, a = spec.obs_dim, spec.act_dim
+    return {
+        "obs_mean": (d,), "obs_std": (d,),
+        "gru.weight_ih_l0": (3 * hidden, input_dim(spec)), "gru.weight_hh_l0": (3 * hidden, hidden),
+        "gru.bias_ih_l0": (3 * hidden,), "gru.bias_hh_l0": (3 * hidden,),
+        "mean_head.weight": (a, hidden), "mean_head.bias": (a,), "log_std": (a,),
+    }
+
+
+def input_dim(spec: PolicySpec) -> int:
+    """Width of one GRU input: observation, previous action, previous reward, done flag."""
+    return spec.obs_dim + spec.act_dim + 2

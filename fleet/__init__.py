@@ -37,6 +37,7 @@ __all__ = [
     "get_family",
     "get_robot_model",
     "make_env",
+    "robot_label",
 ]
 
 REACH_ENV_ID = "metafleet/Reach-v0"
@@ -65,3 +66,9 @@ def make_env(family: str, robot: RobotSpec, horizon: int, render_mode: str | Non
     from fleet.envs.guard import GuardWrapper
 
     return GuardWrapper(get_family(family).make_env(robot, horizon, render_mode=render_mode))
+
+
+def robot_label(family: str, robot: RobotSpec) -> str:
+    """What a run, registry tag or manifest should call ``robot`` for ``family``: the robot's model, or
+    ``"none (plugin env)"`` for a plugin family whose envs take no robot (nothing of the robot is simulated)."""
+    return getattr(get_family(family), "robot_label", None) or robot.model

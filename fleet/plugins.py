@@ -7,12 +7,26 @@ The protocol a user implements (nothing of ours to import or subclass)::
         def sample_params(self, rng: numpy.random.Generator) -> dict: ...       # required
         def make_env(self, horizon: int) -> gymnasium.Env: ...                  # required
         # or robot-aware: def make_env(self, robot, horizon) -> gymnasium.Env  (robot: fleet.RobotSpec)
+        # either may also take render_mode=None: it then gets "rgb_array" when frames are wanted
         # optional: description: str, param_names: tuple[str, ...], robot_kinds: tuple[str, ...],
-        #           too_close(a: dict, b: dict) -> bool
+        #           too_close(a: dict, b: dict) -> bool,
+        #           success_at: "last" (default) or "any",
+        #           train_tasks() -> list[dict], test_tasks() -> list[dict]
 
 The env applies a task either in ``set_task(params)`` or in ``reset(options={"task": params})``; its
 observation and action spaces are ``gymnasium.spaces.Box`` (any shape: they are flattened here).
-``info["success"]`` is optional. Actions are clipped into the action box before the env sees them.
+``info["success"]`` is optional; an episode succeeds if it holds at the episode's last step
+(``success_at = "last"``, as for the built-in families) or at any step (``success_at = "any"``). Actions
+are clipped into the action box before the env sees them.
+
+``train_tasks()`` / ``test_tasks()`` (each optional) return fixed lists of params that replace the drawn
+split: no draws, never more tasks than the list holds (a config's ``num_train_tasks`` / ``num_test_tasks``
+keep the first that many), and meta-batches are sampled from the list. A fixed test task equal to a train
+task is an error. A family whose ``make_env`` takes no ``robot`` has none: runs say ``robot_label`` ("none
+(plugin env)") where a robot model would stand.
+
+Any exception a plugin env raises in ``make_env``, ``reset`` or ``step`` reaches the caller as
+``workers.worker.EnvFailure`` (a ``ValueError``) naming the family, the task and the cause.
 
 :func:`load_plugin` imports and checks the object and returns a :class:`PluginFamily`, whose ``name``
 is the ``"module:object"`` reference itself: tasks carry it, so every process (a Ray actor too) can
@@ -34,6 +48,10 @@ import numpy as np
 
 class PluginError(ValueError):
     """A plugin reference that cannot be used; the message names the reference and what is wrong."""
+
+
+NO_ROBOT = "none (plugin env)"
+SUCCESS_RULES = ("last", "any")
 
 
 def is_reference(name: str) -> bool:
@@ -102,17 +120,46 @@ class PluginFamily:
         params = inspect.signature(plugin.make_env).parameters
         self._robot_aware = "robot" in params
         self._takes_render = "render_mode" in params
+        self.robot_label: str | None = None if self._robot_aware else NO_ROBOT  # None: the robot's model
+        self.success_at = getattr(plugin, "success_at", "last")
+        if self.success_at not in SUCCESS_RULES:
+            raise PluginError(f"task family {reference!r}: success_at must be one of {SUCCESS_RULES}, "
+                              f"got {self.success_at!r}")
+        self._fixed: dict[str, list[dict[str, Any]] | None] = {}
+        for split in ("train", "test"):  # train first: test tasks are checked against it
+            self._fixed[split] = self._task_list(split)
+
+    def _task_list(self, split: str) -> list[dict[str, Any]] | None:
+        """The plugin's ``train_tasks()`` / ``test_tasks()`` list, checked (None when it defines none)."""
+        method = getattr(self.plugin, f"{split}_tasks", None)
+        if method is None:
+            return None
+        tasks = method() if callable(method) else None
+        if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks) or not tasks:
+            raise PluginError(f"task family {self.name!r}: {split}_tasks() must return a non-empty list of "
+                              f"param dicts, got {tasks!r}"[:300])
+        tasks = [self._plain(t, f"{split}_tasks()") for t in tasks]
+        if split == "test" and self._fixed.get("train"):
+            shared = [t for t in tasks if t in self._fixed["train"]]
+            if shared:
+                raise PluginError(f"task family {self.name!r}: test task {shared[0]} is also a train task")
+        return tasks
+
+    def fixed_tasks(self, split: str) -> list[dict[str, Any]] | None:
+        """The fixed param list of ``split`` (``"train"`` or ``"test"``), or None: draw the split."""
+        return self._fixed[split]
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
         """The plugin's params, checked to be a JSON-able dict (tasks are logged and shipped as JSON)."""
-        params = self.plugin.sample_params(rng)
+        return self._plain(self.plugin.sample_params(rng), "sample_params")
+
+    def _plain(self, params: Any, source: str) -> dict[str, Any]:
         if not isinstance(params, dict):
-            raise PluginError(f"task family {self.name!r}: sample_params must return a dict, "
-                              f"got {type(params).__name__}")
+            raise PluginError(f"task family {self.name!r}: {source} must return a dict, got {type(params).__name__}")
         try:
             return json.loads(json.dumps(params))
         except (TypeError, ValueError) as exc:
-            raise PluginError(f"task family {self.name!r}: sample_params must return JSON-able plain python "
+            raise PluginError(f"task family {self.name!r}: {source} must return JSON-able plain python "
                               f"(use float(x) and list(array)): {exc}") from None
 
     def make_env(self, robot: Any, horizon: int, render_mode: str | None = None) -> gymnasium.Env:

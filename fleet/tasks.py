@@ -81,7 +81,9 @@ class TaskFamily(Protocol):
     A family may also define ``too_close(a: dict, b: dict) -> bool``; :class:`TaskDistribution` then
     rejects test tasks too close to any train task (exactly equal params are always rejected), and
     ``robot_kinds: tuple[str, ...]``, the :class:`~fleet.robots.RobotModel` kinds it supports (absent or
-    None: any). External families need not implement this protocol: see :mod:`fleet.plugins`.
+    None: any), ``success_at`` (``"last"``, the default, or ``"any"``: see :func:`success_rule`) and
+    ``fixed_tasks(split) -> list[dict] | None`` (a fixed task list replacing the drawn split). External
+    families need not implement this protocol: see :mod:`fleet.plugins`.
     """
 
     name: str
@@ -97,6 +99,22 @@ class TaskFamily(Protocol):
     ) -> gymnasium.Env:
         """Build an env for ``robot`` that truncates after ``horizon`` steps and has ``set_task``."""
         ...
+
+
+SUCCESS_RULES = ("last", "any")
+
+
+def success_rule(name: str) -> str:
+    """When an episode of family ``name`` counts as a success: ``info["success"]`` at its ``"last"`` step
+    (the built-in families, and any family that does not say) or at ``"any"`` step (``family.success_at``).
+
+    Names fleet does not know (test doubles served by their own env factory) count the last step.
+    """
+    try:
+        family = get_family(name)
+    except UnknownNameError:
+        return "last"
+    return getattr(family, "success_at", "last")
 
 
 FAMILIES: dict[str, TaskFamily] = dict(BUILTIN_FAMILIES)
@@ -215,9 +233,17 @@ class TaskDistribution:
 
     def _split_family(self, family: TaskFamily, num_train: int, num_test: int, train_seq: np.random.SeedSequence,
                       test_seq: np.random.SeedSequence) -> tuple[tuple[Task, ...], tuple[Task, ...]]:
-        train_rng = np.random.default_rng(train_seq)
-        train_params = [family.sample_params(train_rng) for _ in range(num_train)]
-        test_params = self._draw_disjoint(family, np.random.default_rng(test_seq), num_test, train_params)
+        fixed = getattr(family, "fixed_tasks", None)
+        fixed_train, fixed_test = (fixed("train"), fixed("test")) if fixed is not None else (None, None)
+        if fixed_train is not None:  # the family's own list: no draws, never more tasks than it holds
+            train_params = fixed_train[:num_train]
+        else:
+            train_rng = np.random.default_rng(train_seq)
+            train_params = [family.sample_params(train_rng) for _ in range(num_train)]
+        if fixed_test is not None:
+            test_params = fixed_test[:num_test]
+        else:
+            test_params = self._draw_disjoint(family, np.random.default_rng(test_seq), num_test, train_params)
         return self._make_tasks(family, "train", train_params), self._make_tasks(family, "test", test_params)
 
     @staticmethod

@@ -77,10 +77,20 @@ def linear_baseline_values(
         feats = torch.cat([o, o * o, torch.stack([t, t**2, t**3, torch.ones_like(t)], -1)], -1)
         x = feats.reshape(-1, feats.shape[-1]) * mask.reshape(-1, 1)
         y = returns.reshape(-1) * mask.reshape(-1)
-        eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
-        gram, target = x.T @ x, x.T @ y
-        for scale in (1.0, 10.0, 100.0, 1000.0):  # as in rllab: raise the ridge until solvable
-            weights = torch.linalg.solve(gram + reg * scale * eye, target)
-            if torch.isfinite(weights).all():
-                break
-        return (feats @ weights) * mask
+        return (feats @ _ridge_weights(x.T @ x, x.T @ y, reg)) * mask
+
+
+def _ridge_weights(gram: torch.Tensor, target: torch.Tensor, reg: float) -> torch.Tensor:
+    """Solve ``(gram + reg * I) w = target``, raising the ridge until solvable (as in rllab).
+
+    Degenerate features (an observation entry constant at 1.0 duplicates the bias column, and its square
+    too; an all-zero entry gives a zero row) make ``gram`` singular, and in float32 a ridge of 1e-5 next to
+    diagonal entries in the thousands rounds away: every ridge may then fail, so the last resort is the
+    pseudo-inverse (the minimum-norm least-squares weights), which always exists.
+    """
+    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+    for scale in (1.0, 10.0, 100.0, 1000.0):
+        weights, info = torch.linalg.solve_ex(gram + reg * scale * eye, target)
+        if int(info) == 0 and torch.isfinite(weights).all():
+            return weights
+    return torch.linalg.pinv(gram + reg * eye) @ target

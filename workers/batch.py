@@ -46,8 +46,11 @@ class Batch:
     """`episodes` x `horizon` transitions of one task. Padded steps have mask 0.
 
     Arrays: obs [E, H, obs_dim], actions [E, H, act_dim], logp [E, H] (behaviour policy),
-    rewards [E, H], mask [E, H], success [E] (success flag at the episode's last step),
-    context [C] (the task vector the policy saw; empty when unconditioned). With trials
+    rewards [E, H], mask [E, H], success [E] (`info["success"]` at the episode's last step, or at any
+    step when the task family says `success_at = "any"`),
+    context [C] (the task vector the policy saw; empty when unconditioned), final_obs [E, obs_dim] (the
+    observation after each episode's last real step: the next observation of that step, for off-policy
+    learners; episodes end by truncation, so learners bootstrap from it). With trials
     (RL^2), episodes are trial-major: trial 0's episodes 0..n-1, then trial 1's, ...
     A step the env's guard flagged (non-finite or exploding state) has mask 0: learners drop it.
     """
@@ -67,6 +70,7 @@ class Batch:
     stats: dict = field(default_factory=dict)
     context: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     trial_episodes: int = 1
+    final_obs: np.ndarray | None = None  # [E, obs_dim]; None only in batches built by hand
 
     @property
     def num_episodes(self) -> int:

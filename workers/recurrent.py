@@ -24,6 +24,7 @@ def rollout_trials(
     deterministic: bool = False,
     trial_episodes: int = 1,
     context: np.ndarray | None = None,
+    success_at: str = "last",
 ) -> dict[str, np.ndarray]:
     """Run one trial of `trial_episodes` episodes per env, all envs in lockstep on the same task.
 
@@ -33,7 +34,7 @@ def rollout_trials(
     `seed` alone, so the result does not depend on the worker. Every step of every episode calls
     the policy (padding after an env's episode ended included, with mask 0), so the hidden state
     sequence is a function of the recorded arrays and the learner can recompute it exactly.
-    A feed-forward policy is accepted too (episodes then only share the env).
+    A feed-forward policy is accepted too (episodes then only share the env). `success_at` as in `rollout`.
     """
     trials, n = len(envs), trial_episodes
     if trials < 1 or n < 1:
@@ -58,9 +59,10 @@ def rollout_trials(
                 actions, logp = policy.sample(obs, rng, deterministic, context=context)
             out["obs"][:, t], out["actions"][:, t], out["logp"][:, t] = obs, actions, logp
             out["mask"][:, t] = alive
-            step_alive(envs, actions, alive, obs, out, t)
+            step_alive(envs, actions, alive, obs, out, t, success_at)
             prev_action = actions * out["mask"][:, t, None]
             prev_reward = out["rewards"][:, t] * out["mask"][:, t]
+        out["final_obs"] = obs.copy()
         parts.append(out)
     return _trial_major(parts)
 

@@ -9,6 +9,8 @@ import numpy as np
 
 from policy import NumpyGaussianPolicy
 
+SUCCESS_RULES = ("last", "any")  # an episode succeeds if info["success"] holds at its last step / at any step
+
 
 def rollout(
     envs: Sequence[gym.Env],
@@ -18,13 +20,15 @@ def rollout(
     seed: int,
     deterministic: bool = False,
     context: np.ndarray | None = None,
+    success_at: str = "last",
 ) -> dict[str, np.ndarray]:
     """Run one episode per env on the same task; return [E, H, ...] arrays.
 
     Env resets and action noise are drawn from `seed` alone, so the same call gives the same
     arrays on any worker. Steps after an env ends are padding (mask 0). A step whose info
     carries `guard` (the env's guard found a non-finite or exploding state and reset the env)
-    ends the episode and gets mask 0, so learners drop it; `guard_trips` counts them.
+    ends the episode and gets mask 0, so learners drop it; `guard_trips` counts them. An episode's
+    `success` is `info["success"]` of its last step (`success_at="last"`) or of any step (`"any"`).
     """
     n = len(envs)
     seeds = np.random.SeedSequence(seed)
@@ -38,9 +42,10 @@ def rollout(
         actions, logp = policy.sample(obs, rng, deterministic, context=context)
         out["obs"][:, t], out["actions"][:, t], out["logp"][:, t] = obs, actions, logp
         out["mask"][:, t] = alive
-        step_alive(envs, actions, alive, obs, out, t)
+        step_alive(envs, actions, alive, obs, out, t, success_at)
         if not alive.any():
             break
+    out["final_obs"] = obs.copy()  # step_alive wrote each env's observation after its last step here
     return out
 
 
@@ -53,19 +58,23 @@ def empty_episodes(n: int, horizon: int, obs_dim: int, act_dim: int) -> dict:
         "rewards": np.zeros((n, horizon), np.float32),
         "mask": np.zeros((n, horizon), np.float32),
         "success": np.zeros(n, bool),
+        "final_obs": np.zeros((n, obs_dim), np.float32),
         "guard_trips": 0,
     }
 
 
 def step_alive(envs: Sequence[gym.Env], actions: np.ndarray, alive: np.ndarray, obs: np.ndarray, out: dict,
-               t: int) -> None:
+               t: int, success_at: str = "last") -> None:
     """Step every env still in its episode at time `t`, writing into `obs` and `out`; a guard trip ends
-    the episode and masks the step (the learner drops it)."""
+    the episode and masks the step (the learner drops it). `success_at="any"` keeps a success once seen."""
+    if success_at not in SUCCESS_RULES:
+        raise ValueError(f"success_at must be one of {SUCCESS_RULES}, got {success_at!r}")
+    keep = success_at == "any"
     for i in np.flatnonzero(alive):
         next_obs, reward, terminated, truncated, info = envs[i].step(actions[i])
         obs[i] = next_obs
         out["rewards"][i, t] = reward
-        out["success"][i] = bool(info.get("success", False))
+        out["success"][i] = bool(info.get("success", False)) or (keep and out["success"][i])
         if info.get("guard"):
             out["mask"][i, t] = 0.0
             out["guard_trips"] += 1

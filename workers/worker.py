@@ -5,14 +5,18 @@ The same class runs in-process (LocalWorkerPool) and as a Ray actor (RayWorkerPo
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
+from fleet.plugins import is_reference
 from fleet.robots import RobotSpec
+from fleet.tasks import Task, success_rule
 from policy import NumpyGaussianPolicy, PolicyWeights, make_policy
 from workers.batch import Batch, SampleRequest
 from workers.rollout import rollout
@@ -25,6 +29,44 @@ def default_env_factory(family: str, robot: RobotSpec, horizon: int) -> gym.Env:
     import fleet
 
     return fleet.make_env(family, robot, horizon)
+
+
+class EnvFailure(ValueError):
+    """A plugin task family's env raised in ``make_env``, ``reset`` or ``step``.
+
+    The message names the family, the task (id and params), the call and the cause; it is the only
+    constructor argument, so the exception pickles through Ray (the pool sees it as the ``cause``).
+    """
+
+
+def env_failure(family: str, task: Task | None, call: str, cause: BaseException) -> EnvFailure:
+    """An :class:`EnvFailure` for ``cause``, raised by ``call`` of ``family``'s env while serving ``task``."""
+    where = f" on task {task.task_id!r} (params {json.dumps(task.params, default=repr)})" if task else ""
+    return EnvFailure(f"task family {family!r}: {call} raised{where}: {type(cause).__name__}: {cause}")
+
+
+class ReportingEnv:
+    """A plugin env as rollouts use it (``reset``, ``step``, ``close``), turning any exception it raises into
+    an :class:`EnvFailure` naming the family and the task being served (set ``task`` before each rollout)."""
+
+    def __init__(self, env: gym.Env, family: str) -> None:
+        self.env, self.family = env, family
+        self.task: Task | None = None
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict]:
+        try:
+            return self.env.reset(**kwargs)
+        except Exception as exc:
+            raise env_failure(self.family, self.task, "env.reset", exc) from exc
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        try:
+            return self.env.step(action)
+        except Exception as exc:
+            raise env_failure(self.family, self.task, "env.step", exc) from exc
+
+    def close(self) -> None:
+        self.env.close()
 
 
 class RolloutWorker:
@@ -78,18 +120,19 @@ class RolloutWorker:
 
     def _serve(self, request: SampleRequest, policy: NumpyGaussianPolicy) -> Batch:  # or a recurrent policy
         context = np.asarray(request.context, np.float32)
+        success_at = success_rule(request.task.family)
         start = time.perf_counter()
         if request.trial_episodes > 1 or policy.recurrent:
             from workers.recurrent import rollout_trials
 
             trials = request.episodes // request.trial_episodes
-            envs = self._envs_for(request.task.family, request.robot, request.horizon, trials)
+            envs = self._envs_for(request.task, request.robot, request.horizon, trials)
             arrays = rollout_trials(envs, policy, request.task.params, request.horizon, request.seed,
-                                    request.deterministic, request.trial_episodes, context)
+                                    request.deterministic, request.trial_episodes, context, success_at)
         else:
-            envs = self._envs_for(request.task.family, request.robot, request.horizon, request.episodes)
+            envs = self._envs_for(request.task, request.robot, request.horizon, request.episodes)
             arrays = rollout(envs, policy, request.task.params, request.horizon, request.seed,
-                             request.deterministic, context)
+                             request.deterministic, context, success_at)
         elapsed = time.perf_counter() - start
         guard_trips = int(arrays.pop("guard_trips", 0))
         self._seq += 1
@@ -107,7 +150,8 @@ class RolloutWorker:
         batch.stats = {"sample_seconds": elapsed, "env_steps": batch.num_steps, "guard_trips": guard_trips}
         return batch
 
-    def _envs_for(self, family: str, robot: RobotSpec, horizon: int, count: int) -> list[gym.Env]:
+    def _envs_for(self, task: Task, robot: RobotSpec, horizon: int, count: int) -> list[gym.Env]:
+        family = task.family
         key = (family, robot, horizon)
         envs = self._envs.pop(key, [])
         self._envs[key] = envs  # most recently used last
@@ -115,5 +159,18 @@ class RolloutWorker:
             for env in self._envs.pop(next(iter(self._envs))):
                 env.close()
         while len(envs) < count:
-            envs.append(self._env_factory(family, robot, horizon))
+            envs.append(self._make_env(task, robot, horizon))
+        for env in envs[:count]:
+            if isinstance(env, ReportingEnv):
+                env.task = task
         return envs[:count]
+
+    def _make_env(self, task: Task, robot: RobotSpec, horizon: int) -> gym.Env | ReportingEnv:
+        """A new env; a plugin family's comes wrapped so that its failures name the family and the task."""
+        if not is_reference(task.family):
+            return self._env_factory(task.family, robot, horizon)
+        try:
+            env = self._env_factory(task.family, robot, horizon)
+        except Exception as exc:
+            raise env_failure(task.family, task, "make_env", exc) from exc
+        return ReportingEnv(env, task.family)

@@ -14,19 +14,17 @@ steps at 240 Hz.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
-import gymnasium
 import numpy as np
 
 from fleet.envs.quiet import quiet_stdout
 
 with quiet_stdout():
     import pybullet
-    import pybullet_data
-    from pybullet_utils import bullet_client
 
+from fleet.envs.kinds import apply_reset_options
+from fleet.envs.sim import SimEnv, data_file
 from fleet.robots import RobotModel, RobotSpec, get_robot_model
 
 PHYSICS_HZ = 240
@@ -57,13 +55,19 @@ def down_orientation() -> tuple[float, float, float, float]:
     return tuple(pybullet.getQuaternionFromEuler([0.0, -math.pi, 0.0]))  # type: ignore[return-value]
 
 
-class ArmEnv(gymnasium.Env):
+class ArmEnv(SimEnv):
     """Base class of the arm envs: physics client, robot, variation, IK control, state reads, render.
 
+    Subclasses add their bodies, spaces and default task in :meth:`_build` (called once the arm is loaded).
+
     Args:
-        robot: The fleet member to simulate (or its ``to_dict()`` form); default ``RobotSpec()``.
+        robot: The fleet member to simulate (or its ``to_dict()`` form); default ``RobotSpec()``. Its model
+            must be an arm (``ValueError`` otherwise).
         horizon: Steps per episode; ``truncated`` is True at the last one.
         render_mode: ``None`` or ``"rgb_array"``.
+        max_delta: End-effector displacement (m per axis) commanded by an action of 1.
+        success_radius: Distance (m) to the goal under which a step counts as a success.
+        success_bonus: Reward added on each successful step.
         substeps: Physics steps (at 240 Hz) per action.
         joint_noise: Half-width (rad) of the seeded uniform noise added to the home pose on reset.
         render_size: ``(width, height)`` of rendered frames.
@@ -76,47 +80,45 @@ class ArmEnv(gymnasium.Env):
 
     def __init__(
         self,
-        robot: RobotSpec | dict[str, Any] | None,
-        horizon: int,
-        render_mode: str | None,
+        robot: RobotSpec | dict[str, Any] | None = None,
+        horizon: int = 50,
+        render_mode: str | None = None,
         *,
-        substeps: int,
-        joint_noise: float,
-        render_size: tuple[int, int],
+        max_delta: float = 0.03,
+        success_radius: float = 0.05,
+        success_bonus: float = 1.0,
+        substeps: int = 4,
+        joint_noise: float = 0.01,
+        render_size: tuple[int, int] = (160, 120),
     ) -> None:
-        if isinstance(robot, dict):
-            robot = RobotSpec.from_dict(robot)
-        self.robot = robot if robot is not None else RobotSpec()
-        if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
-            raise ValueError(f"horizon must be a positive int, got {horizon!r}")
-        if render_mode not in (None, *self.metadata["render_modes"]):
-            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self._init_sim(robot, RobotSpec(), horizon, render_mode, render_size)
+        if max_delta <= 0 or success_radius <= 0:
+            raise ValueError(f"max_delta and success_radius must be positive, got {max_delta!r}, {success_radius!r}")
         if substeps < 1 or joint_noise < 0:
             raise ValueError(f"substeps must be >= 1 and joint_noise >= 0, got {substeps!r}, {joint_noise!r}")
         self._model = arm_model(self.robot, type(self).__name__)
-        self.horizon = horizon
-        self.render_mode = render_mode
         self.substeps = int(substeps)
         self.joint_noise = float(joint_noise)
-        self.render_size = render_size
         self.metadata = {**self.metadata, "render_fps": round(PHYSICS_HZ / self.substeps)}
         self._joints = list(self._model.joints) or list(range(self._model.num_joints))
         self._home = list(self._model.home)
         self._t = 0
         self._connect_and_load()
+        self.max_delta = float(max_delta)
+        self.success_radius = float(success_radius)
+        self.success_bonus = float(success_bonus)
+        self._build()
+
+    def _build(self) -> None:
+        """Add the task's bodies, define the spaces, snapshot, set a default task (subclasses)."""
+        raise NotImplementedError
 
     # ----------------------------------------------------------------------------------- setup
     def _connect_and_load(self) -> None:
         """Start the private physics client, load plane + robot, apply this robot's variation."""
-        with quiet_stdout():
-            self._bullet = bullet_client.BulletClient(connection_mode=pybullet.DIRECT)
+        self._connect(1.0 / PHYSICS_HZ)
         client = self._bullet
-        client.setGravity(0.0, 0.0, -9.81)
-        client.setTimeStep(1.0 / PHYSICS_HZ)
-        client.setPhysicsEngineParameter(deterministicOverlappingPairs=1)
-        data = pybullet_data.getDataPath()
-        self._plane = client.loadURDF(os.path.join(data, "plane.urdf"))
-        self._body = client.loadURDF(os.path.join(data, self._model.urdf), useFixedBase=True)
+        self._body = client.loadURDF(data_file(self._model.urdf), useFixedBase=True)
         self._num_links = client.getNumJoints(self._body)
         infos = [client.getJointInfo(self._body, j) for j in range(self._num_links)]
         self._setup_ik(infos)
@@ -124,14 +126,10 @@ class ArmEnv(gymnasium.Env):
         self._upper = [infos[j][9] for j in self._joints]
         self._apply_variation([infos[j][6] for j in self._joints], [infos[j][10] for j in range(self._num_links)])
         self._down = down_orientation()
-        # BulletClient rebuilds a functools.partial on every attribute access; bind the hot calls once.
+        # Hot calls bound once (SimEnv binds the ones every env uses).
         self._ik = client.calculateInverseKinematics
-        self._motor = client.setJointMotorControlArray
-        self._step_sim = client.stepSimulation
-        self._joint_states = client.getJointStates
         self._link_state = client.getLinkState
         self._reset_joint = client.resetJointState
-        self._contacts = client.getContactPoints
         self._set_joints(self._home)
 
     def _setup_ik(self, infos: list[tuple]) -> None:
@@ -205,6 +203,32 @@ class ArmEnv(gymnasium.Env):
         self._ik_rest_pose = self._ik_rest()
 
     # --------------------------------------------------------------------------------- runtime
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Back to (seeded noise around) the start pose; ``options={"task": params}`` sets the task first."""
+        super().reset(seed=seed)
+        apply_reset_options(self, options)
+        self._restore()
+        self._place_marker()  # restoreState moved it back to where it was at the snapshot
+        obs, _ = self._observe()
+        return obs, self._score(nonfinite_action=False)[1]
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Move the end-effector target as :meth:`_ee_target` says and simulate ``substeps`` physics steps."""
+        act = np.asarray(action, dtype=np.float64).reshape(self.action_space.shape[0])
+        nonfinite = not np.isfinite(act).all()
+        if nonfinite:  # a NaN reaching pybullet silently poisons the whole simulation
+            act = np.zeros(act.shape)
+        self._move_ee(self._ee_target(np.clip(act, -1.0, 1.0).tolist()))
+        obs, finite = self._observe()
+        reward, info = self._score(nonfinite_action=nonfinite)
+        # A non-finite state cannot be stepped out of: end the episode so the caller resets.
+        truncated = self._t >= self.horizon or not finite
+        if not finite:
+            info["nonfinite_obs"] = True
+        return obs, reward, False, truncated, info
+
     def _restore(self) -> None:
         """Back to the snapshot, then seeded noise around home (call after ``super().reset(seed)``)."""
         # restoreState also resets solver caches and contacts, so a reset env replays exactly like a new one.
@@ -246,27 +270,8 @@ class ArmEnv(gymnasium.Env):
         forces = [point[9] for point in self._contacts(bodyA=body)]
         return max(forces) + 0.0 * sum(forces) if forces else 0.0
 
-    def render(self) -> np.ndarray | None:
-        """Return an ``(H, W, 3)`` uint8 frame (CPU tiny renderer) when ``render_mode="rgb_array"``."""
-        if self.render_mode != "rgb_array":
-            gymnasium.logger.warn("render() called without render_mode='rgb_array'; returning None")
-            return None
-        width, height = self.render_size
-        view = self._bullet.computeViewMatrixFromYawPitchRoll(
-            cameraTargetPosition=list(self.camera_target), roll=0.0, upAxisIndex=2, **self.camera)
-        proj = self._bullet.computeProjectionMatrixFOV(fov=60.0, aspect=width / height, nearVal=0.05,
-                                                       farVal=5.0)
-        _, _, rgba, _, _ = self._bullet.getCameraImage(width, height, viewMatrix=view,
-                                                       projectionMatrix=proj,
-                                                       renderer=pybullet.ER_TINY_RENDERER)
-        frame = np.asarray(rgba, dtype=np.uint8).reshape(height, width, 4)
-        return np.ascontiguousarray(frame[:, :, :3])
-
-    def close(self) -> None:
-        """Disconnect the physics client (idempotent)."""
-        if getattr(self, "_bullet", None) is not None:
-            self._bullet.disconnect()
-            self._bullet = None
+    def _camera_target(self) -> list[float]:
+        return list(self.camera_target)
 
 
 def arm_model(robot: RobotSpec, env_name: str) -> RobotModel:

@@ -1,7 +1,7 @@
 """LocomotionEnv: a legged robot (planar half-cheetah or A1 quadruped) runs under a hidden task.
 
 One pybullet ``BulletClient(DIRECT)`` per env: floor plane + robot, PD position control. The task
-(``velocity``, ``direction``, ``dynamics``; :mod:`fleet.envs.locomotion_families`) is hidden: it shapes the
+(``velocity``, ``direction``, ``dynamics``; :mod:`fleet.envs.locomotion_tasks`) is hidden: it shapes the
 reward and, for ``dynamics``, the body, never the observation.
 
 Observation (float32, clipped into finite bounds; ``env.obs_slices`` names the parts), n actuated joints:
@@ -31,12 +31,10 @@ Usage::
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import gymnasium
 import numpy as np
 from gymnasium import spaces
 
@@ -44,11 +42,10 @@ from fleet.envs.quiet import quiet_stdout
 
 with quiet_stdout():
     import pybullet
-    import pybullet_data
-    from pybullet_utils import bullet_client
 
 from fleet.envs.kinds import apply_reset_options
-from fleet.envs.locomotion_families import GAITS, LOCOMOTION_FAMILIES, LOCOMOTION_KINDS
+from fleet.envs.locomotion_tasks import GAITS, LOCOMOTION_KINDS, LOCOMOTION_TASKS
+from fleet.envs.sim import SimEnv, data_file
 from fleet.robots import RobotSpec, get_robot_model
 
 
@@ -99,7 +96,7 @@ GUARD_LIMITS: dict[str, tuple[float, float]] = {
 CAMERA = {"distance": 2.0, "yaw": 0.0, "pitch": -20.0}
 
 
-class LocomotionEnv(gymnasium.Env):
+class LocomotionEnv(SimEnv):
     """A legged robot of the fleet under a hidden locomotion task; see the module docstring for the spaces.
 
     Args:
@@ -114,6 +111,8 @@ class LocomotionEnv(gymnasium.Env):
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+    camera = CAMERA
+    camera_far = 10.0
 
     def __init__(
         self,
@@ -125,24 +124,18 @@ class LocomotionEnv(gymnasium.Env):
         joint_noise: float = 0.05,
         render_size: tuple[int, int] = (160, 120),
     ) -> None:
-        if isinstance(robot, dict):
-            robot = RobotSpec.from_dict(robot)
-        self.robot = robot if robot is not None else RobotSpec(robot_id="cheetah-0", model="half_cheetah")
+        self._init_sim(robot, RobotSpec(robot_id="cheetah-0", model="half_cheetah"), horizon, render_mode,
+                       render_size)
         self._model = get_robot_model(self.robot.model)
         if self._model.kind not in LOCOMOTION_KINDS:
             raise ValueError(f"LocomotionEnv cannot run robot {self.robot.robot_id!r} (model {self.robot.model!r}, "
                              f"kind {self._model.kind!r}); supported kinds: {', '.join(LOCOMOTION_KINDS)}")
-        if task not in LOCOMOTION_FAMILIES:
-            raise ValueError(f"unknown locomotion task {task!r}; valid: {', '.join(LOCOMOTION_FAMILIES)}")
-        if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
-            raise ValueError(f"horizon must be a positive int, got {horizon!r}")
-        if render_mode not in (None, *self.metadata["render_modes"]):
-            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        if task not in LOCOMOTION_TASKS:
+            raise ValueError(f"unknown locomotion task {task!r}; valid: {', '.join(LOCOMOTION_TASKS)}")
         if not joint_noise >= 0:
             raise ValueError(f"joint_noise must be >= 0, got {joint_noise!r}")
-        self.horizon, self.render_mode, self.render_size = horizon, render_mode, render_size
         self.joint_noise = float(joint_noise)
-        self.family = LOCOMOTION_FAMILIES[task]
+        self.family = LOCOMOTION_TASKS[task]
         self.physics = PHYSICS[self._model.kind]
         self.gait = GAITS[self._model.kind]
         self.planar = self._model.kind == "planar"
@@ -163,16 +156,9 @@ class LocomotionEnv(gymnasium.Env):
     # ----------------------------------------------------------------------------------- setup
     def _connect_and_load(self) -> None:
         """Start the private physics client, load plane + robot, record limits, apply the robot's variation."""
-        with quiet_stdout():
-            self._bullet = bullet_client.BulletClient(connection_mode=pybullet.DIRECT)
+        self._connect(self.physics.dt, numSolverIterations=self.physics.solver_iterations)
         client = self._bullet
-        client.setGravity(0.0, 0.0, -9.81)
-        client.setTimeStep(self.physics.dt)
-        client.setPhysicsEngineParameter(deterministicOverlappingPairs=1,
-                                         numSolverIterations=self.physics.solver_iterations)
-        data = pybullet_data.getDataPath()
-        self._plane = client.loadURDF(os.path.join(data, "plane.urdf"))
-        path = os.path.join(data, self._model.urdf)
+        path = data_file(self._model.urdf)
         if self._model.loader == "mjcf":
             self._body = client.loadMJCF(path)[0]
         else:
@@ -191,14 +177,10 @@ class LocomotionEnv(gymnasium.Env):
                                              forces=[0.0] * 3)
             self._state_joints = [*PLANAR_ROOT, *self._joints]
             self._torso_z0 = client.getLinkState(self._body, self._model.ee_link)[0][2]
-        # BulletClient rebuilds a functools.partial on every attribute access; bind the hot calls once.
-        self._motor = client.setJointMotorControlArray
-        self._step_sim = client.stepSimulation
-        self._joint_states = client.getJointStates
+        # Hot calls bound once (SimEnv binds the ones every env uses).
         self._base_pose = client.getBasePositionAndOrientation
         self._base_velocity = client.getBaseVelocity
         self._euler = client.getEulerFromQuaternion
-        self._contacts = client.getContactPoints
 
     def _apply_variation(self, file_damping: list[float]) -> None:
         """Set the model's link masses, then scale masses, add joint damping, scale motor forces per the spec."""
@@ -361,23 +343,5 @@ class LocomotionEnv(gymnasium.Env):
         return {"joint_speed": self._raw["joint_speed"], "base_height": self._raw["base_height"],
                 "contact_force": float(force), "base_speed": self._raw["base_speed"]}
 
-    # ------------------------------------------------------------------------------- render
-    def render(self) -> np.ndarray | None:
-        """Return an ``(H, W, 3)`` uint8 frame following the base (CPU tiny renderer) in ``rgb_array`` mode."""
-        if self.render_mode != "rgb_array":
-            gymnasium.logger.warn("render() called without render_mode='rgb_array'; returning None")
-            return None
-        width, height = self.render_size
-        target = [self._x, 0.0, 0.3]
-        view = self._bullet.computeViewMatrixFromYawPitchRoll(target, CAMERA["distance"], CAMERA["yaw"],
-                                                              CAMERA["pitch"], 0.0, 2)
-        proj = self._bullet.computeProjectionMatrixFOV(fov=60.0, aspect=width / height, nearVal=0.05, farVal=10.0)
-        _, _, rgba, _, _ = self._bullet.getCameraImage(width, height, viewMatrix=view, projectionMatrix=proj,
-                                                       renderer=pybullet.ER_TINY_RENDERER)
-        return np.ascontiguousarray(np.asarray(rgba, dtype=np.uint8).reshape(height, width, 4)[:, :, :3])
-
-    def close(self) -> None:
-        """Disconnect the physics client (idempotent)."""
-        if getattr(self, "_bullet", None) is not None:
-            self._bullet.disconnect()
-            self._bullet = None
+    def _camera_target(self) -> list[float]:
+        return [self._x, 0.0, 0.3]  # follows the robot along x

@@ -3,7 +3,7 @@
 Works on every ``RobotModel`` of kind ``"arm"``. The hand (end-effector link, pointing down) is held at
 a pushing height computed per robot from its collision geometry, so its lowest part moves just above
 the floor and hits the 4 cm block low on its side; it starts 10 cm behind the block. Task params (goal, block mass,
-block friction; ranges in :mod:`fleet.envs.push_family`) are hidden from the observation.
+block friction; ranges in :mod:`fleet.envs.push_task`) are hidden from the observation.
 
 Observation (float32, every entry clipped into finite bounds), n controlled joints (7 for both arms):
 
@@ -36,8 +36,7 @@ import numpy as np
 from gymnasium import spaces
 
 from fleet.envs.arm import ARM_GUARD_LIMITS, EE_POS_HIGH, EE_POS_LOW, MAX_EE_SPEED, MAX_JOINT_SPEED, ArmEnv
-from fleet.envs.kinds import apply_reset_options
-from fleet.envs.push_family import (
+from fleet.envs.push_task import (
     BLOCK_FRICTION_RANGE,
     BLOCK_HALF_SIZE,
     BLOCK_MASS_RANGE,
@@ -68,49 +67,28 @@ class PushEnv(ArmEnv):
     """Goal-hidden block pushing for one arm of the fleet; see the module docstring for the spaces.
 
     Args:
-        robot: The fleet member to simulate (or its ``to_dict()`` form); its model must be an arm.
-        horizon: Steps per episode; ``truncated`` is True at the last one.
-        render_mode: ``None`` or ``"rgb_array"``.
-        max_delta: Hand displacement (m per axis) commanded by an action of 1.
-        success_radius: Block-goal distance (m) under which a step counts as a success.
-        success_bonus: Reward added on each successful step.
+        robot, horizon, render_mode: As :class:`~fleet.envs.arm.ArmEnv` (``horizon`` defaults to 60).
         hand_weight: Weight of the hand-block distance penalty.
-        substeps: Physics steps (at 240 Hz) per action.
-        joint_noise: Half-width (rad) of the seeded uniform noise added to the start pose on reset.
-        render_size: ``(width, height)`` of rendered frames.
+        arm_options: :class:`~fleet.envs.arm.ArmEnv`'s keyword arguments (``max_delta`` moves the hand,
+            ``success_radius`` is the block-goal distance of a success, ``joint_noise`` is around the start pose).
     """
 
     guard_limits = {**ARM_GUARD_LIMITS, "block_speed": (0.0, 10.0), "block_position": (0.0, 3.0)}
     camera_target = (0.55, 0.0, 0.0)
     camera = {"distance": 1.0, "yaw": 60.0, "pitch": -40.0}
 
-    def __init__(
-        self,
-        robot: RobotSpec | dict[str, Any] | None = None,
-        horizon: int = 60,
-        render_mode: str | None = None,
-        *,
-        max_delta: float = 0.03,
-        success_radius: float = 0.05,
-        success_bonus: float = 1.0,
-        hand_weight: float = 0.5,
-        substeps: int = 4,
-        joint_noise: float = 0.01,
-        render_size: tuple[int, int] = (160, 120),
-    ) -> None:
-        if max_delta <= 0 or success_radius <= 0 or hand_weight < 0:
-            raise ValueError("max_delta and success_radius must be positive and hand_weight >= 0, got "
-                             f"{max_delta!r}, {success_radius!r}, {hand_weight!r}")
-        super().__init__(robot, horizon, render_mode, substeps=substeps, joint_noise=joint_noise,
-                         render_size=render_size)
-        self.max_delta = float(max_delta)
-        self.success_radius = float(success_radius)
-        self.success_bonus = float(success_bonus)
+    def __init__(self, robot: RobotSpec | dict[str, Any] | None = None, horizon: int = 60,
+                 render_mode: str | None = None, *, hand_weight: float = 0.5, **arm_options: Any) -> None:
+        if not hand_weight >= 0:
+            raise ValueError(f"hand_weight must be >= 0, got {hand_weight!r}")
         self.hand_weight = float(hand_weight)
+        super().__init__(robot, horizon, render_mode, **arm_options)
+
+    def _build(self) -> None:
         self.push_height = self._hand_offset() + PUSH_CLEARANCE
         self._home = self._solve_pose((*HAND_START, self.push_height))
         self._block = self._make_block()
-        self._marker = self._make_goal_marker() if render_mode == "rgb_array" else None
+        self._marker = self._make_goal_marker() if self.render_mode == "rgb_array" else None
         self._define_spaces()
         self._snapshot()
         self._get_block = self._bullet.getBasePositionAndOrientation
@@ -177,36 +155,11 @@ class PushEnv(ArmEnv):
         return {"goal": list(goal), "block_mass": mass, "block_friction": friction}
 
     # ------------------------------------------------------------------------------- gym API
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[np.ndarray, dict[str, Any]]:
-        """Hand back to (seeded noise around) its start, block to its start; ``options={"task": params}``."""
-        super().reset(seed=seed)
-        apply_reset_options(self, options)
-        self._restore()
-        self._place_marker()  # restoreState moved it back to where it was at the snapshot
-        obs, _ = self._observe()
-        _, info = self._score(nonfinite_action=False)
-        return obs, info
-
-    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        """Move the hand target by ``action * max_delta`` in x, y and simulate ``substeps`` physics steps."""
-        act = np.asarray(action, dtype=np.float64).reshape(2)
-        nonfinite = not np.isfinite(act).all()
-        if nonfinite:  # a NaN reaching pybullet silently poisons the whole simulation
-            act = np.zeros(2)
-        ax, ay = np.clip(act, -1.0, 1.0).tolist()
-        hx, hy = self._hand_xy
-        md = self.max_delta
-        self._move_ee([min(max(hx + ax * md, HAND_LOW[0]), HAND_HIGH[0]),
-                       min(max(hy + ay * md, HAND_LOW[1]), HAND_HIGH[1]), self.push_height])
-        obs, finite = self._observe()
-        reward, info = self._score(nonfinite_action=nonfinite)
-        # A non-finite state cannot be stepped out of: end the episode so the caller resets.
-        truncated = self._t >= self.horizon or not finite
-        if not finite:
-            info["nonfinite_obs"] = True
-        return obs, reward, False, truncated, info
+    def _ee_target(self, action: list[float]) -> list[float]:
+        """The hand moved by ``action * max_delta`` in x and y, clipped into the hand box, at pushing height."""
+        (hx, hy), (ax, ay), md = self._hand_xy, action, self.max_delta
+        return [min(max(hx + ax * md, HAND_LOW[0]), HAND_HIGH[0]),
+                min(max(hy + ay * md, HAND_LOW[1]), HAND_HIGH[1]), self.push_height]
 
     def _observe(self) -> tuple[np.ndarray, bool]:
         """Read arm and block once; return the clipped observation and whether the raw state was finite."""

@@ -40,49 +40,16 @@ from fleet.envs.quiet import quiet_stdout
 with quiet_stdout():
     import pybullet
 
-from fleet.envs.kinds import apply_reset_options
-from fleet.envs.reach_family import GOAL_CENTER, WORKSPACE_HIGH, WORKSPACE_LOW, validate_goal
-from fleet.robots import RobotSpec
+from fleet.envs.reach_task import GOAL_CENTER, WORKSPACE_HIGH, WORKSPACE_LOW, validate_goal
 
 
 class ReachEnv(ArmEnv):
-    """Goal-hidden reaching for one arm of the fleet; see the module docstring for the spaces.
+    """Goal-hidden reaching for one arm of the fleet; see the module docstring for the spaces and
+    :class:`~fleet.envs.arm.ArmEnv` for the arguments (``horizon`` defaults to 50)."""
 
-    Args:
-        robot: The fleet member to simulate (or its ``to_dict()`` form); default ``RobotSpec()``. Its
-            model must be an arm (``ValueError`` otherwise).
-        horizon: Steps per episode; ``truncated`` is True at the last one.
-        render_mode: ``None`` or ``"rgb_array"``.
-        max_delta: End-effector displacement (m per axis) commanded by an action of 1.
-        success_radius: Distance (m) under which a step counts as a success.
-        success_bonus: Reward added on each successful step.
-        substeps: Physics steps (at 240 Hz) per action.
-        joint_noise: Half-width (rad) of the seeded uniform noise added to the home pose on reset.
-        render_size: ``(width, height)`` of rendered frames.
-    """
-
-    def __init__(
-        self,
-        robot: RobotSpec | dict[str, Any] | None = None,
-        horizon: int = 50,
-        render_mode: str | None = None,
-        *,
-        max_delta: float = 0.03,
-        success_radius: float = 0.05,
-        success_bonus: float = 1.0,
-        substeps: int = 4,
-        joint_noise: float = 0.01,
-        render_size: tuple[int, int] = (160, 120),
-    ) -> None:
-        if max_delta <= 0 or success_radius <= 0:
-            raise ValueError(f"max_delta and success_radius must be positive, got {max_delta!r}, {success_radius!r}")
-        super().__init__(robot, horizon, render_mode, substeps=substeps, joint_noise=joint_noise,
-                         render_size=render_size)
-        self.max_delta = float(max_delta)
-        self.success_radius = float(success_radius)
-        self.success_bonus = float(success_bonus)
+    def _build(self) -> None:
         self._define_spaces()
-        self._marker = self._make_goal_marker() if render_mode == "rgb_array" else None
+        self._marker = self._make_goal_marker() if self.render_mode == "rgb_array" else None
         self._snapshot()
         self._goal: tuple[float, float, float] = GOAL_CENTER
         self._ee_pos: tuple[float, float, float] = GOAL_CENTER
@@ -121,40 +88,10 @@ class ReachEnv(ArmEnv):
         return {"goal": list(self._goal)}
 
     # ------------------------------------------------------------------------------- gym API
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[np.ndarray, dict[str, Any]]:
-        """Return the robot to (seeded noise around) home; ``options={"task": params}`` sets the goal."""
-        super().reset(seed=seed)
-        apply_reset_options(self, options)
-        self._restore()
-        self._place_marker()  # restoreState moved it back to where it was at the snapshot
-        obs, _ = self._observe()
-        distance = math.dist(self._ee_pos, self._goal)
-        return obs, self._info(distance, nonfinite_action=False)
-
-    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        """Move the end-effector target by ``action * max_delta`` and simulate ``substeps`` physics steps."""
-        act = np.asarray(action, dtype=np.float64).reshape(3)
-        nonfinite = not np.isfinite(act).all()
-        if nonfinite:  # a NaN reaching pybullet silently poisons the whole simulation
-            act = np.zeros(3)
-        ax, ay, az = np.clip(act, -1.0, 1.0).tolist()
-        ex, ey, ez = self._ee_pos
+    def _ee_target(self, action: list[float]) -> list[float]:
+        """The current end-effector position moved by ``action * max_delta``, clipped into the workspace."""
         md, lo, hi = self.max_delta, WORKSPACE_LOW, WORKSPACE_HIGH
-        self._move_ee([min(max(ex + ax * md, lo[0]), hi[0]),
-                       min(max(ey + ay * md, lo[1]), hi[1]),
-                       min(max(ez + az * md, lo[2]), hi[2])])
-        obs, finite = self._observe()
-        distance = math.dist(self._ee_pos, self._goal)
-        success = distance < self.success_radius
-        reward = -distance + (self.success_bonus if success else 0.0)
-        # A non-finite state cannot be stepped out of: end the episode so the caller resets.
-        truncated = self._t >= self.horizon or not finite
-        info = self._info(distance, nonfinite_action=nonfinite)
-        if not finite:
-            info["nonfinite_obs"] = True
-        return obs, reward, False, truncated, info
+        return [min(max(x + a * md, lo[i]), hi[i]) for i, (x, a) in enumerate(zip(self._ee_pos, action, strict=True))]
 
     def _observe(self) -> tuple[np.ndarray, bool]:
         """Read the state once; return the clipped observation and whether the raw state was finite."""
@@ -167,6 +104,9 @@ class ReachEnv(ArmEnv):
         np.clip(obs, self._obs_low, self._obs_high, out=obs)
         return obs, finite
 
-    def _info(self, distance: float, nonfinite_action: bool) -> dict[str, Any]:
-        return {"distance": distance, "success": distance < self.success_radius,
-                "nonfinite_action": nonfinite_action}
+    def _score(self, nonfinite_action: bool) -> tuple[float, dict[str, Any]]:
+        """Reward and info for the state just observed."""
+        distance = math.dist(self._ee_pos, self._goal)
+        success = distance < self.success_radius
+        reward = -distance + (self.success_bonus if success else 0.0)
+        return reward, {"distance": distance, "success": success, "nonfinite_action": nonfinite_action}

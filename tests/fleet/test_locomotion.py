@@ -13,7 +13,8 @@ from gymnasium.utils.env_checker import check_env
 
 import fleet
 from fleet.envs.locomotion import GUARD_LIMITS, LocomotionEnv
-from fleet.envs.locomotion_families import GAITS, DirectionFamily, DynamicsFamily, VelocityFamily
+from fleet.envs.locomotion_families import DirectionFamily, DynamicsFamily, VelocityFamily
+from fleet.envs.locomotion_tasks import GAITS
 from fleet.robots import RobotSpec
 from fleet.tasks import TaskDistribution, get_family
 

@@ -10,7 +10,7 @@ from gymnasium.utils.env_checker import check_env
 
 import fleet
 from fleet.envs.reach import ReachEnv
-from fleet.envs.reach_family import GOAL_CENTER, GOAL_HALF_EXTENTS
+from fleet.envs.reach_task import GOAL_CENTER, GOAL_HALF_EXTENTS
 from fleet.robots import RobotSpec, get_robot_model
 
 PANDA = RobotSpec(robot_id="panda-0", model="panda")

@@ -11,14 +11,8 @@ from gymnasium.utils.env_checker import check_env
 
 import fleet
 from fleet.envs.push import PushEnv
-from fleet.envs.push_family import (
-    BLOCK_FRICTION_RANGE,
-    BLOCK_MASS_RANGE,
-    BLOCK_START,
-    GOAL_CENTER,
-    GOAL_HALF_EXTENTS,
-    PushFamily,
-)
+from fleet.envs.push_family import PushFamily
+from fleet.envs.push_task import BLOCK_FRICTION_RANGE, BLOCK_MASS_RANGE, BLOCK_START, GOAL_CENTER, GOAL_HALF_EXTENTS
 from fleet.robots import ROBOT_MODELS, RobotModel, RobotSpec
 
 ARMS = ("kuka_iiwa", "panda")

@@ -12,7 +12,8 @@ from gymnasium.utils.env_checker import check_env
 import fleet
 from fleet.envs.guard import GuardWrapper
 from fleet.envs.reach import ReachEnv
-from fleet.envs.reach_family import GOAL_CENTER, GOAL_HALF_EXTENTS, ReachFamily
+from fleet.envs.reach_family import ReachFamily
+from fleet.envs.reach_task import GOAL_CENTER, GOAL_HALF_EXTENTS
 from fleet.robots import ROBOT_MODELS, RobotModel, RobotSpec
 
 GOAL_A = {"goal": [0.70, 0.10, 0.35]}

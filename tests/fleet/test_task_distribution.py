@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fleet import FAMILIES, Task, TaskDistribution, TaskFamily, UnknownNameError, get_family
-from fleet.envs.reach_family import GOAL_CENTER, GOAL_HALF_EXTENTS, MIN_GOAL_SEPARATION
+from fleet.envs.reach_task import GOAL_CENTER, GOAL_HALF_EXTENTS, MIN_GOAL_SEPARATION
 
 
 def goals(tasks: tuple[Task, ...]) -> np.ndarray:

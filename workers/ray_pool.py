@@ -5,54 +5,21 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import ray
-from ray._private import ray_constants
 
 from policy import PolicyWeights
 from workers.batch import Batch, SampleRequest
 from workers.pool import WorkerPool, split_evenly
+from workers.ray_connect import LOOPBACK, RayConnectError, init_ray, loopback_only  # noqa: F401 (re-exported)
 from workers.worker import EnvFactory, RolloutWorker
 
 log = logging.getLogger(__name__)
-LOOPBACK = "127.0.0.1"
 RESTART_TIMEOUT_S = 60.0  # how long a dead actor may take to come back before the pool replaces it
 PING_RETRY_S = 0.05  # pause before pinging a restarting actor again after it answered "unavailable"
-
-
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to `address` / RAY_ADDRESS if given (cluster or `ray job submit`), else start a
-    private local Ray whose servers listen on 127.0.0.1 only, without the dashboard."""
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-        return
-    loopback_only()
-    ray.init(
-        address="local",  # a new instance, even if another Ray runs on this machine (else ray.init joins it)
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        _node_ip_address=LOOPBACK,
-        logging_level=logging.WARNING,
-    )
-
-
-def loopback_only() -> None:
-    """Make a local Ray use 127.0.0.1 for every server it starts.
-
-    On Linux, Ray turns "127.0.0.1" into the primary interface's address and its GCS and raylet
-    listen on all interfaces. With cluster mode off (what Ray does on macOS/Windows), the node
-    address resolves to loopback, for this process (the constant) and for every Ray process it
-    spawns (the environment variable).
-    """
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 class WorkerFailure(RuntimeError):

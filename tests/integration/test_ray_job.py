@@ -42,7 +42,7 @@ JOB_TIMEOUT_S = 300
 HEAD_START_TIMEOUT_S = 180
 # Generated or heavy paths (all in .gitignore) that must never reach the cluster.
 NEVER_UPLOADED = (".git", "mlflow.db", "mlruns", "mlartifacts", "metafleet.egg-info", ".pytest_cache",
-                  ".ruff_cache", ".venv", "runs", "out", "policy")
+                  ".ruff_cache", ".venv", "runs", "out")
 
 
 def _free_ports(count: int) -> list[int]:
@@ -210,7 +210,8 @@ def test_smoke_training_as_ray_job(ray_cluster, tmp_path):
     # The upload honours .gitignore (and Ray's default excludes): no DB, no checkpoints of
     # earlier local runs, no VCS or build debris. checkpoints/ may hold only this job's run.
     package = _uploaded_package(ray_cluster.temp_dir)
-    assert (package / "fleet" / "cli.py").is_file() and (package / "configs" / "smoke.yaml").is_file()
+    assert (package / "metafleet" / "cli.py").is_file() and (package / "configs" / "smoke.yaml").is_file()
+    assert (package / "policy" / "__init__.py").is_file()  # the numpy policy package, not a pulled policy dir
     leaked = [name for name in NEVER_UPLOADED if (package / name).exists()]
     assert not leaked, f"uploaded to the cluster: {leaked}"
     assert sorted(p.name for p in (package / "checkpoints").iterdir()) == [run_id]

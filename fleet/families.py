@@ -4,12 +4,14 @@ external families need no edit here: name them in a config as ``module:object``.
 from __future__ import annotations
 
 from fleet.envs.locomotion_families import DirectionFamily, DynamicsFamily, VelocityFamily
-from fleet.envs.push_family import PushFamily
-from fleet.envs.reach_family import ReachFamily
+from fleet.envs.push_family import PushFamily, PushJointFamily
+from fleet.envs.reach_family import ReachFamily, ReachJointFamily
 
 BUILTIN_FAMILIES = {
     "reach": ReachFamily(),
     "push": PushFamily(),
+    "reach_joint": ReachJointFamily(),
+    "push_joint": PushJointFamily(),
     "velocity": VelocityFamily(),
     "direction": DirectionFamily(),
     "dynamics": DynamicsFamily(),

@@ -3,12 +3,17 @@
 One private DIRECT client per env holds a plane and one arm of the fleet (any ``RobotModel`` of kind
 ``"arm"``): the model's controlled joints (default ``0..n-1``), its held joints (e.g. the panda's closed fingers) kept
 still, and the robot's variation (link masses, joint damping, motor strength) applied. Subclasses add
-their own bodies, then call :meth:`ArmEnv._snapshot`, define the spaces and implement ``reset``/``step``
-with :meth:`ArmEnv._restore`, :meth:`ArmEnv._move_ee` and :meth:`ArmEnv._read_arm`.
+their own bodies, then call :meth:`ArmEnv._snapshot`, define the spaces (the action box from
+:meth:`ArmEnv._action_box`) and implement ``_ee_target``, ``_observe`` and ``_score``.
 
-End-effector control: a world-frame target is turned into joint targets by pybullet IK with the
-end-effector link pointing straight down, and tracked by position control for ``substeps`` physics
-steps at 240 Hz.
+Two action modes (``action_mode``), both tracked by position control for ``substeps`` physics steps at 240 Hz:
+
+- ``"ee"`` (default): end-effector deltas. A world-frame target (the subclass's ``_ee_target``) is turned
+  into joint targets by pybullet IK with the end-effector link pointing straight down.
+- ``"joint"``: joint position deltas. An action in ``[-1, 1]^n`` (n controlled joints) moves each joint's
+  target to its current position + ``action * max_joint_delta`` rad, clipped to the joint limits; one motor
+  call for all joints and no IK. The end effector is free to tilt; the observation is the same (it
+  already holds joint positions and velocities).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import math
 from typing import Any
 
 import numpy as np
+from gymnasium import spaces
 
 from fleet.envs.quiet import quiet_stdout
 
@@ -33,6 +39,10 @@ EE_POS_LOW = (-1.5, -1.5, -0.5)
 EE_POS_HIGH = (1.5, 1.5, 2.0)
 MAX_EE_SPEED = 10.0
 MAX_JOINT_SPEED = 10.0  # the iiwa URDF's joint velocity limit (the panda's is 2.6 rad/s)
+ACTION_MODES = ("ee", "joint")
+# 0.05 rad per action (3 rad/s at 4 substeps) swings the KUKA's flange ~3 cm about its base joint: the
+# same scale as the ee mode's 3 cm max_delta, so both modes cross the reach goal region in similar time.
+MAX_JOINT_DELTA = 0.05
 # Each target is at most a few cm from the current pose and pybullet starts IK from the current joint
 # state, so few iterations suffice; IK is ~a third of the step cost. Measured here: 10 iterations reach
 # every goal of a 5x5x5 grid; 3 leave some corners unreached.
@@ -48,6 +58,15 @@ ARM_GUARD_LIMITS: dict[str, tuple[float, float]] = {
     "ee_position": (0.0, 3.0),      # max |coordinate| of the end effector, m
     "contact_force": (0.0, 1e4),    # max normal force of any contact on the robot, N
 }
+
+
+def clamp(x: np.ndarray, low: Any, high: Any, out: np.ndarray | None = None) -> np.ndarray:
+    """``np.clip(x, low, high, out=out)`` for NaN-free ``x``, bit for bit, at a fraction of the cost.
+
+    Measured here on these short vectors: numpy 2's ``np.clip`` ~9-12 us per call (Python-level dispatch),
+    the two ufuncs ~2.5-4 us; a step clips up to three times, next to ~80-120 us of physics.
+    """
+    return np.minimum(np.maximum(x, low, out=out), high, out=out)
 
 
 def down_orientation() -> tuple[float, float, float, float]:
@@ -69,6 +88,9 @@ class ArmEnv(SimEnv):
         success_radius: Distance (m) to the goal under which a step counts as a success.
         success_bonus: Reward added on each successful step.
         substeps: Physics steps (at 240 Hz) per action.
+        action_mode: ``"ee"`` (end-effector deltas through IK) or ``"joint"`` (joint position deltas); see
+            the module docstring.
+        max_joint_delta: Joint displacement (rad) commanded by an action of 1 in joint mode.
         joint_noise: Half-width (rad) of the seeded uniform noise added to the home pose on reset.
         render_size: ``(width, height)`` of rendered frames.
     """
@@ -90,10 +112,17 @@ class ArmEnv(SimEnv):
         substeps: int = 4,
         joint_noise: float = 0.01,
         render_size: tuple[int, int] = (160, 120),
+        action_mode: str = "ee",
+        max_joint_delta: float = MAX_JOINT_DELTA,
     ) -> None:
         self._init_sim(robot, RobotSpec(), horizon, render_mode, render_size)
-        if max_delta <= 0 or success_radius <= 0:
-            raise ValueError(f"max_delta and success_radius must be positive, got {max_delta!r}, {success_radius!r}")
+        if max_delta <= 0 or success_radius <= 0 or not max_joint_delta > 0:
+            raise ValueError(f"max_delta, success_radius and max_joint_delta must be positive, got {max_delta!r}, "
+                             f"{success_radius!r}, {max_joint_delta!r}")
+        if action_mode not in ACTION_MODES:
+            raise ValueError(f"action_mode must be one of {ACTION_MODES}, got {action_mode!r}")
+        self.action_mode = action_mode
+        self.max_joint_delta = float(max_joint_delta)
         if substeps < 1 or joint_noise < 0:
             raise ValueError(f"substeps must be >= 1 and joint_noise >= 0, got {substeps!r}, {joint_noise!r}")
         self._model = arm_model(self.robot, type(self).__name__)
@@ -124,6 +153,10 @@ class ArmEnv(SimEnv):
         self._setup_ik(infos)
         self._lower = [infos[j][8] for j in self._joints]
         self._upper = [infos[j][9] for j in self._joints]
+        # Joint-mode target bounds; a URDF marks an unlimited joint with lower > upper.
+        limited = np.asarray(self._lower) <= np.asarray(self._upper)
+        self._target_low = np.where(limited, self._lower, -np.inf)
+        self._target_high = np.where(limited, self._upper, np.inf)
         self._apply_variation([infos[j][6] for j in self._joints], [infos[j][10] for j in range(self._num_links)])
         self._down = down_orientation()
         # Hot calls bound once (SimEnv binds the ones every env uses).
@@ -171,6 +204,8 @@ class ArmEnv(SimEnv):
 
     def _set_joints(self, positions: list[float]) -> None:
         """Teleport the joints (zero velocity) and hold them, and the held joints, with the motors."""
+        # One resetJointState per joint, not resetJointStatesMultiDof: measured here, the batched reset breaks
+        # the replay of a pushed panda's block after env.reset (and this runs on reset only).
         for joint, q in zip(self._joints, positions, strict=True):
             self._reset_joint(self._body, joint, q, 0.0)
         self._motor(self._body, self._joints, pybullet.POSITION_CONTROL,
@@ -190,6 +225,11 @@ class ArmEnv(SimEnv):
                                 self._ik_upper, self._ik_ranges, rest, maxNumIterations=100)
             self._set_joints(self._pick(solution))
         return self._pick(solution)
+
+    def _action_box(self, ee_dims: int) -> spaces.Box:
+        """The action space: ``ee_dims`` end-effector axes in ee mode, one entry per controlled joint in joint mode."""
+        dims = ee_dims if self.action_mode == "ee" else len(self._joints)
+        return spaces.Box(-1.0, 1.0, shape=(dims,), dtype=np.float32)
 
     def _pick(self, solution: tuple[float, ...]) -> list[float]:
         if self._ik_pick is None:
@@ -215,12 +255,17 @@ class ArmEnv(SimEnv):
         return obs, self._score(nonfinite_action=False)[1]
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        """Move the end-effector target as :meth:`_ee_target` says and simulate ``substeps`` physics steps."""
+        """Move the end-effector target as :meth:`_ee_target` says (ee mode) or the joint targets (joint mode),
+        and simulate ``substeps`` physics steps."""
         act = np.asarray(action, dtype=np.float64).reshape(self.action_space.shape[0])
         nonfinite = not np.isfinite(act).all()
         if nonfinite:  # a NaN reaching pybullet silently poisons the whole simulation
             act = np.zeros(act.shape)
-        self._move_ee(self._ee_target(np.clip(act, -1.0, 1.0).tolist()))
+        act = clamp(act, -1.0, 1.0)  # not in place: act may be the caller's own array
+        if self.action_mode == "joint":
+            self._move_joints(act)
+        else:
+            self._move_ee(self._ee_target(act.tolist()))
         obs, finite = self._observe()
         reward, info = self._score(nonfinite_action=nonfinite)
         # A non-finite state cannot be stepped out of: end the episode so the caller resets.
@@ -248,16 +293,29 @@ class ArmEnv(SimEnv):
             self._step_sim()
         self._t += 1
 
+    def _move_joints(self, action: np.ndarray) -> None:
+        """Set every joint's target to its last read position + ``action * max_joint_delta`` (within its limits)
+        in one motor call, and simulate ``substeps`` physics steps."""
+        # From the measured position, not the last target: the next target then depends only on the observation.
+        # (A NaN state gives NaN targets; that state is lost anyway and step() has already truncated the episode.)
+        targets = clamp(self._raw_q + action * self.max_joint_delta, self._target_low, self._target_high)
+        self._motor(self._body, self._joints, pybullet.POSITION_CONTROL,
+                    targetPositions=targets.tolist(), forces=self._forces, positionGains=self._gains)
+        for _ in range(self.substeps):
+            self._step_sim()
+        self._t += 1
+
     def _read_arm(self) -> list[float]:
         """Read the arm once: ``[ee_pos(3), ee_vel(3), joint_pos(n), joint_vel(n)]`` raw, and cache guard values."""
         states = self._joint_states(self._body, self._joints)
         link = self._link_state(self._body, self._model.ee_link, computeLinkVelocity=1,
                                 computeForwardKinematics=1)
-        velocities = [s[1] for s in states]
+        positions, velocities = [s[0] for s in states], [s[1] for s in states]
+        self._raw_q = np.array(positions)  # joint mode's next targets start here
         self._raw_ee_pos, self._raw_ee_vel = link[4], link[6]
         # max() drops NaN depending on position; the sum carries it, so a NaN state stays visible to the guard.
         self._raw_joint_speed = max(abs(v) for v in velocities) + 0.0 * sum(velocities)
-        return [*link[4], *link[6], *[s[0] for s in states], *velocities]
+        return [*link[4], *link[6], *positions, *velocities]
 
     def guard_signals(self) -> dict[str, float]:
         """Raw (unclipped) current values of the signals in ``guard_limits``; NaN when the state is NaN."""

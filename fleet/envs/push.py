@@ -13,7 +13,10 @@ Observation (float32, every entry clipped into finite bounds), n controlled join
 - ``[9+2n:12+2n]`` block_vel: block linear velocity, m/s, clipped to ±10
 
 Action: ``Box(-1, 1, (2,))``, a hand displacement in x and y of up to ``max_delta`` metres per axis; the
-target is clipped into the hand box of the family and kept at pushing height.
+target is clipped into the hand box of the family and kept at pushing height. With ``action_mode="joint"``
+(the ``push_joint`` family): ``Box(-1, 1, (n,))`` joint position deltas of up to ``max_joint_delta`` rad from the
+same start pose (hand at pushing height); neither hand box nor height is enforced, the joint limits bound the
+targets. Observation, reward and success are unchanged.
 
 Reward: ``-|block - goal| - hand_weight * |hand - block|_xy + success_bonus * (|block - goal| < success_radius)``
 (xy distances; the hand term guides the hand to the block). Episodes never terminate; they truncate
@@ -35,7 +38,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from fleet.envs.arm import ARM_GUARD_LIMITS, EE_POS_HIGH, EE_POS_LOW, MAX_EE_SPEED, MAX_JOINT_SPEED, ArmEnv
+from fleet.envs.arm import ARM_GUARD_LIMITS, EE_POS_HIGH, EE_POS_LOW, MAX_EE_SPEED, MAX_JOINT_SPEED, ArmEnv, clamp
 from fleet.envs.push_task import (
     BLOCK_FRICTION_RANGE,
     BLOCK_HALF_SIZE,
@@ -129,7 +132,7 @@ class PushEnv(ArmEnv):
         self._obs_low = np.asarray(low, dtype=np.float32)
         self._obs_high = np.asarray(high, dtype=np.float32)
         self.observation_space = spaces.Box(self._obs_low, self._obs_high, dtype=np.float32)
-        self.action_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+        self.action_space = self._action_box(2)
         k = 6 + 2 * n
         self.obs_slices = {"ee_pos": slice(0, 3), "ee_vel": slice(3, 6), "joint_pos": slice(6, 6 + n),
                            "joint_vel": slice(6 + n, k), "block_pos": slice(k, k + 3),
@@ -169,7 +172,7 @@ class PushEnv(ArmEnv):
         finite = bool(np.isfinite(obs).all())
         if not finite:
             np.nan_to_num(obs, copy=False, nan=0.0)
-        np.clip(obs, self._obs_low, self._obs_high, out=obs)
+        clamp(obs, self._obs_low, self._obs_high, out=obs)
         k = self.obs_slices["block_pos"].start
         self._hand_xy = (float(obs[0]), float(obs[1]))
         self._block_xy = (float(obs[k]), float(obs[k + 1]))

@@ -44,6 +44,7 @@ class PushFamily:
     description = "push a 4 cm block to a hidden goal 8-25 cm away; block mass and friction vary (dense reward)"
     param_names = PARAM_NAMES
     robot_kinds = ("arm",)
+    action_mode = "ee"  # the env's action_mode: hand deltas in x and y through IK
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
         """Draw one task: goal uniform in the goal box, mass and friction uniform in their ranges."""
@@ -65,5 +66,14 @@ class PushFamily:
         check_robot_kind(self, robot)
         from fleet.envs.push import PushEnv  # deferred: pybullet only where envs are stepped
 
-        return PushEnv(robot=robot, horizon=horizon, render_mode=render_mode)
+        return PushEnv(robot=robot, horizon=horizon, render_mode=render_mode, action_mode=self.action_mode)
+
+
+class PushJointFamily(PushFamily):
+    """The push family driven by joint position deltas (``action_mode="joint"``): same tasks, reward, success
+    and observation; the action is one delta per controlled joint, with no IK per step."""
+
+    name = "push_joint"
+    description = "push, with joint position deltas as actions (no IK per step)"
+    action_mode = "joint"
 

@@ -14,7 +14,9 @@ from reward (goal-hidden meta-RL).
 Action: ``Box(-1, 1, (3,))``, an end-effector position delta of up to ``max_delta`` metres per axis.
 The target (current position + delta) is clipped into the workspace box, turned into joint targets by
 pybullet IK with the end-effector link pointing down, and tracked by position control for ``substeps``
-physics steps at 240 Hz (:class:`fleet.envs.arm.ArmEnv`).
+physics steps at 240 Hz (:class:`fleet.envs.arm.ArmEnv`). With ``action_mode="joint"`` (the ``reach_joint``
+family) the action is instead ``Box(-1, 1, (n,))``, joint position deltas of up to ``max_joint_delta`` rad, no
+IK and no workspace box (the joint limits bound the targets); observation, reward and success are unchanged.
 
 Reward: ``-distance(ee, goal) + success_bonus * (distance < success_radius)``. Episodes never
 terminate; they truncate after ``horizon`` steps.
@@ -34,7 +36,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from fleet.envs.arm import EE_POS_HIGH, EE_POS_LOW, MAX_EE_SPEED, MAX_JOINT_SPEED, ArmEnv
+from fleet.envs.arm import EE_POS_HIGH, EE_POS_LOW, MAX_EE_SPEED, MAX_JOINT_SPEED, ArmEnv, clamp
 from fleet.envs.quiet import quiet_stdout
 
 with quiet_stdout():
@@ -63,7 +65,7 @@ class ReachEnv(ArmEnv):
         self._obs_low = np.asarray(low, dtype=np.float32)
         self._obs_high = np.asarray(high, dtype=np.float32)
         self.observation_space = spaces.Box(self._obs_low, self._obs_high, dtype=np.float32)
-        self.action_space = spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32)
+        self.action_space = self._action_box(3)
         self.obs_slices = {"ee_pos": slice(0, 3), "ee_vel": slice(3, 6),
                            "joint_pos": slice(6, 6 + n), "joint_vel": slice(6 + n, 6 + 2 * n)}
 
@@ -101,7 +103,7 @@ class ReachEnv(ArmEnv):
         if not finite:
             np.nan_to_num(obs, copy=False, nan=0.0)
             self._ee_pos = tuple(float(x) for x in obs[:3])
-        np.clip(obs, self._obs_low, self._obs_high, out=obs)
+        clamp(obs, self._obs_low, self._obs_high, out=obs)
         return obs, finite
 
     def _score(self, nonfinite_action: bool) -> tuple[float, dict[str, Any]]:

@@ -38,6 +38,7 @@ class ReachFamily:
     description = "move the end effector to a hidden goal in a 34x40x20 cm box (dense reward)"
     param_names = ("goal",)
     robot_kinds = ("arm",)
+    action_mode = "ee"  # the env's action_mode: end-effector deltas through IK
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
         """Draw one goal uniformly from the goal region."""
@@ -53,4 +54,13 @@ class ReachFamily:
         check_robot_kind(self, robot)
         from fleet.envs.reach import ReachEnv  # deferred: pybullet only where envs are stepped
 
-        return ReachEnv(robot=robot, horizon=horizon, render_mode=render_mode)
+        return ReachEnv(robot=robot, horizon=horizon, render_mode=render_mode, action_mode=self.action_mode)
+
+
+class ReachJointFamily(ReachFamily):
+    """The reach family driven by joint position deltas (``action_mode="joint"``): same goals, params, reward,
+    success (5 cm) and observation; the action is one delta per controlled joint, with no IK per step."""
+
+    name = "reach_joint"
+    description = "reach, with joint position deltas as actions (no IK per step)"
+    action_mode = "joint"

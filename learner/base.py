@@ -1,34 +1,30 @@
-"""The MetaLearner interface and what gradient-based learners share: data preparation
-(baseline + GAE + per-task advantage normalisation), batched adaptation, weights, state.
+"""What the on-policy, gradient-based learners share (MAML, FO-MAML, Reptile, Meta-SGD, RL^2, MT-PPO,
+single-task): the policy, optimiser and normaliser; the two-phase collection; gradient adaptation; the
+PPO step. Data preparation is plain functions (learner/data.py).
 
-The calling loop (see learner/trainer.py):
+The phases each of them declares (learner/interface.py):
 
-    weights = learner.policy_weights(version)                 # theta -> workers
-    support = pool.sample(support_requests, {version: weights})
-    adapted = learner.adapt(support, version)                 # one PolicyWeights per task
-    query = pool.sample(query_requests, {w.version: w for w in adapted})
-    metrics = learner.update(support, query)
+    support = yield Collect("support", tasks, weights_for(tasks), ...)   # theta (own network per task)
+    query = yield Collect("query", tasks, adapt_for_training(support), ...)  # phi_i (or theta again)
+    ... then `update()` -> learn(support, query) -> observe(support + query)
+
+and, in evaluation, round k+1 adapts (`adapt`) on round k's episodes (RL^2 overrides: one trial).
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
-import numpy as np
 import torch
+from torch import nn
 
 from fleet.tasks import Task
-from learner.adaptation import Params, TaskData, adapt_batched, log_prob, unstack
+from learner.adaptation import Params, TaskData, adapt_batched, log_prob, select, unstack
 from learner.config import LearnerConfig
-from learner.losses import (
-    discounted_returns,
-    gae,
-    linear_baseline_values,
-    masked_mean,
-    normalize_advantages,
-    ppo_clip_loss,
-)
+from learner.data import prepare_episodes
+from learner.interface import Collect, Learner, Plan
+from learner.losses import masked_mean, ppo_clip_loss
 from learner.networks import GaussianMLPPolicy, RunningNormalizer, gaussian_entropy
 from learner.pcgrad import pcgrad_backward
 from policy import PolicySpec, PolicyWeights
@@ -44,8 +40,8 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-class MetaLearner(abc.ABC):
-    """Holds theta, adapts it per task, and updates it from support/query batches."""
+class MetaLearner(Learner):
+    """Holds theta (`make_policy`), adapts it per task, and updates it from support/query batches."""
 
     algorithm: str = "base"
     trial_episodes: int = 1  # episodes that share a recurrent state (RL^2 trials); 1 = independent episodes
@@ -54,34 +50,85 @@ class MetaLearner(abc.ABC):
         self.config = config
         self.train_tasks = tuple(train_tasks)  # what one-hot task ids and per-task heads index
         self.device = resolve_device(config.device)
-        self.policy = GaussianMLPPolicy(spec, config.init_std).to(self.device)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.outer_lr)
+        self.policy = self.make_policy(spec)
+        self.optimizer = torch.optim.Adam(self.parameter_groups(), lr=config.outer_lr)
         self.normalizer = RunningNormalizer(spec.obs_dim)
+        self.collected: tuple[list[Batch], list[Batch]] | None = None  # this iteration's support, query
 
-    # ---- the interface -------------------------------------------------------------------
+    def make_policy(self, spec: PolicySpec) -> nn.Module:
+        """The meta-policy theta on `self.device` (built once: it draws from torch's RNG)."""
+        return GaussianMLPPolicy(spec, self.config.init_std).to(self.device)
+
+    def parameter_groups(self) -> list:
+        """What Adam optimises."""
+        return list(self.policy.parameters())
+
+    # ---- the Learner interface -----------------------------------------------------------
+    def collect(self, tasks: Sequence[Task], iteration: int, episodes: int) -> Plan:
+        tasks, version = tuple(tasks), f"it{iteration}"
+        contexts = tuple(self.context_for(t) for t in tasks)
+        support = yield Collect("support", tasks, tuple(self.weights_for(tasks, version)), episodes, "support",
+                                contexts, self.trial_episodes, label="pre")
+        adapted = self.adapt_for_training(support, version)
+        query = yield Collect("query", tasks, tuple(adapted), episodes, "query", contexts, self.trial_episodes,
+                              label="post")
+        self.collected = (list(support), list(query))
+
+    def update(self) -> dict[str, float]:
+        if self.collected is None:
+            raise RuntimeError(f"{self.algorithm}: update() before a whole collect() plan was driven")
+        (support, query), self.collected = self.collected, None
+        metrics = self.learn(support, query)
+        self.observe([*support, *query])
+        return metrics
+
+    def adaptation(self, tasks: Sequence[Task], rounds: int, version: str, episodes: int) -> Plan:
+        """Round 0 with `weights_for`; round k+1 adapts round k's policy on round k's episodes."""
+        tasks = tuple(tasks)
+        contexts = tuple(self.context_for(t) for t in tasks)
+        weights, params = self.weights_for(tasks, f"{version}/theta"), None
+        for k in range(rounds):
+            batches = yield Collect("eval", tasks, tuple(weights), episodes, "eval", contexts, measures=(k,))
+            if k < rounds - 1:
+                params, weights = self.adapt(batches, f"{version}/step{k + 1}", params=params)
+
+    # ---- what each learner defines -------------------------------------------------------
     @abc.abstractmethod
     def adapt_for_training(self, support: Sequence[Batch], version: str) -> list[PolicyWeights]:
         """Per-task policies to collect query episodes with during meta-training."""
 
     @abc.abstractmethod
-    def update(self, support: Sequence[Batch], query: Sequence[Batch]) -> dict[str, float]:
-        """One meta-update of theta; returns scalar metrics."""
+    def learn(self, support: Sequence[Batch], query: Sequence[Batch]) -> dict[str, float]:
+        """One meta-update of theta from an iteration's support and query batches; scalar metrics."""
 
     def weights_for(self, tasks: Sequence[Task], version: str) -> list[PolicyWeights]:
         """The policy each task's support episodes are collected with: theta for all, by default
         (a learner with one network per task returns that task's own)."""
         return [self.policy_weights(version)] * len(tasks)
 
-    def task_minibatches(self, num_tasks: int) -> list[torch.Tensor]:
-        """Task indices of each PPO minibatch for one epoch, shuffled with torch's RNG (checkpointed)."""
-        order = torch.randperm(num_tasks) if self.config.minibatches > 1 else torch.arange(num_tasks)
-        return [chunk for chunk in torch.tensor_split(order, min(self.config.minibatches, num_tasks)) if len(chunk)]
-
     def context_for(self, task: Task) -> tuple[float, ...]:
         """The task vector a task-conditioned policy sees for `task` (empty: not conditioned)."""
         return ()
 
     # ---- shared machinery ----------------------------------------------------------------
+    def task_minibatches(self, num_tasks: int) -> list[torch.Tensor]:
+        """Task indices of each PPO minibatch for one epoch, shuffled with torch's RNG (checkpointed)."""
+        order = torch.randperm(num_tasks) if self.config.minibatches > 1 else torch.arange(num_tasks)
+        return [chunk for chunk in torch.tensor_split(order, min(self.config.minibatches, num_tasks)) if len(chunk)]
+
+    def minibatch_epochs(self, num_tasks: int) -> Iterator[torch.Tensor]:
+        """`ppo_epochs` epochs of task minibatches (each epoch shuffled when it starts)."""
+        for _ in range(self.config.ppo_epochs):
+            yield from self.task_minibatches(num_tasks)
+
+    def ppo_update(self, data: TaskData, terms) -> dict[str, float]:
+        """The PPO loop of learners without an inner step (MT-PPO, RL^2): `terms(minibatch)` -> per-task
+        (losses, kls), one `ppo_step` per minibatch of tasks."""
+        for idx in self.minibatch_epochs(int(data["mask"].shape[0])):
+            minibatch = select(data, idx)
+            metrics = self.ppo_step(*terms(minibatch), minibatch["task_weight"])
+        return metrics
+
     def params(self) -> Params:
         return dict(self.policy.named_parameters())
 
@@ -95,52 +142,19 @@ class MetaLearner(abc.ABC):
         tracking gradients; returns stacked params and one PolicyWeights per task."""
         data = self.prepare(support)
         with torch.no_grad():
-            adapted = adapt_batched(
-                self.policy,
-                self.params() if params is None else params,
-                data,
-                self.config.inner_lr,
-                steps=steps,
-                first_order=True,
-                per_task_params=params is not None,
-            )
+            adapted = adapt_batched(self.policy, self.params() if params is None else params, data,
+                                    self.inner_rates(), steps=steps, first_order=True,
+                                    per_task_params=params is not None)
         adapted = {k: v.detach() for k, v in adapted.items()}
-        weights = [
-            self.policy.to_weights(f"{version}/task{i}", p) for i, p in enumerate(unstack(adapted))
-        ]
-        return adapted, weights
+        return adapted, [self.policy.to_weights(f"{version}/task{i}", p) for i, p in enumerate(unstack(adapted))]
+
+    def inner_rates(self) -> float | Params:
+        """The inner step size of `adapt` (Meta-SGD: its learned rates)."""
+        return self.config.inner_lr
 
     def prepare(self, batches: Sequence[Batch]) -> TaskData:
-        """Stack batches into [N, E, H, ...] tensors with GAE advantages.
-
-        Advantages are normalised per task (`normalization: per_task`: every task on one scale) or
-        over the whole batch (`global`: tasks with larger rewards dominate the update). Also adds
-        "task_weight" [N] (`task_weights` by task id, else family, else 1) and, when the batches
-        carry task vectors, "context" [N, C].
-        """
-        cfg = self.config
-        keys = ("obs", "actions", "logp", "rewards", "mask")
-        stacked = {key: np.stack([getattr(b, key) for b in batches]) for key in keys}
-        t = {k: torch.as_tensor(v, dtype=torch.float32, device=self.device) for k, v in stacked.items()}
-        returns = discounted_returns(t["rewards"], t["mask"], cfg.gamma)
-        values = torch.stack(
-            [linear_baseline_values(o, r, m) for o, r, m in zip(t["obs"], returns, t["mask"])]
-        )
-        adv = gae(t["rewards"], values, t["mask"], cfg.gamma, cfg.gae_lambda)
-        if cfg.normalization == "global":
-            adv = normalize_advantages(adv, t["mask"])
-        else:
-            adv = torch.stack([normalize_advantages(a, m) for a, m in zip(adv, t["mask"])])
-        weights = [cfg.task_weights.get(b.task.task_id, cfg.task_weights.get(b.task.family, 1.0)) for b in batches]
-        data = {"obs": t["obs"], "actions": t["actions"], "logp_old": t["logp"], "adv": adv, "mask": t["mask"],
-                "task_weight": torch.tensor(weights, dtype=torch.float32, device=self.device)}
-        contexts = [np.asarray(b.context, np.float32).reshape(-1) for b in batches]
-        lengths = sorted({len(c) for c in contexts})
-        if lengths != [0]:
-            if len(lengths) != 1:
-                raise ValueError(f"batches carry task vectors of different lengths {lengths}; expected one length")
-            data["context"] = torch.as_tensor(np.stack(contexts), device=self.device)
-        return data
+        """learner.data.prepare_episodes with this learner's config and device."""
+        return prepare_episodes(batches, self.config, self.device)
 
     def observe(self, batches: Sequence[Batch]) -> None:
         """Fold new observations into the normaliser (applied from the next policy version)."""

@@ -1,32 +1,40 @@
-"""Meta-evaluation: on held-out tasks, return and success after 0..k adaptation steps.
+"""Evaluation: on held-out tasks, return and success after 0..k rounds of adaptation, under one
+protocol object (`EvalProtocol`) for the method, its baselines and the per-task evaluation.
 
-As in MAML's protocol, step k+1 adapts the step-k policy on the episodes it just collected,
-then collects fresh episodes with the adapted policy. Figures are mean +/- standard error over
-tasks (each task's figure is its mean over episodes).
+The learner says what each round is (`Learner.adaptation`): gradient learners adapt round k's policy on
+round k's episodes to get round k+1's; RL^2 runs trials whose episode k measures round k. Figures are
+mean +/- standard error over tasks (each task's figure is its mean over episodes).
+
+    protocol = EvalProtocol(tasks, robots, steps=(0, 1, 2, 3), episodes=10, horizon=50, seed=1, version="eval")
+    result = evaluate(learner, pool, protocol)
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
-import torch
 
 from fleet.robots import RobotSpec
 from fleet.tasks import Task
-from learner.base import MetaLearner
-from policy import PolicyWeights
-from workers.batch import SampleRequest
+from learner.interface import Collect, Learner
+from learner.sampling import drive, requests_for
+from learner.seeds import eval_seed
+from workers.batch import Batch
 from workers.pool import WorkerPool
 
 FROM_SCRATCH = "from-scratch"
 
 
-def request_seed(*keys: int) -> int:
-    """A 32-bit seed derived from a tuple of ints (run seed, iteration, task, phase, ...)."""
-    return int(np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in keys]).generate_state(1)[0])
+def flatten(prefix: str, nested: dict) -> dict[str, float]:
+    """Nested figures -> flat metric names joined by '/': {"a": {"b": 1}} -> {"prefix/a/b": 1.0}."""
+    out: dict[str, float] = {}
+    for key, value in nested.items():
+        name = f"{prefix}/{key}" if prefix else str(key)
+        out.update(flatten(name, value) if isinstance(value, dict) else {name: float(value)})
+    return out
 
 
 def stderr(values: Sequence[float]) -> float:
@@ -57,13 +65,11 @@ class EvalResult:
 
     def metrics(self, prefix: str = "eval") -> dict[str, float]:
         """Flat MLflow metrics: eval/return_step1, eval/return_step1_stderr, ..."""
-        out = {}
+        figures = {}
         for k, s in self.summary().items():
-            out[f"{prefix}/return_step{k}"] = s["return_mean"]
-            out[f"{prefix}/return_step{k}_stderr"] = s["return_stderr"]
-            out[f"{prefix}/success_step{k}"] = s["success_mean"]
-            out[f"{prefix}/success_step{k}_stderr"] = s["success_stderr"]
-        return out
+            figures.update({f"return_step{k}": s["return_mean"], f"return_step{k}_stderr": s["return_stderr"],
+                            f"success_step{k}": s["success_mean"], f"success_step{k}_stderr": s["success_stderr"]})
+        return flatten(prefix, figures)
 
     def table(self) -> str:
         """A plain-text table, one row per adaptation step."""
@@ -86,119 +92,88 @@ class EvalResult:
         }
 
 
-def meta_evaluate(
-    learner: MetaLearner,
-    pool: WorkerPool,
-    tasks: Sequence[Task],
-    robot: RobotSpec,
-    steps: Sequence[int] = (0, 1, 2, 3),
-    episodes: int = 10,
-    horizon: int = 50,
-    seed: int = 0,
-    version: str = "eval",
-    robots: Sequence[RobotSpec] | None = None,
-) -> EvalResult:
-    """Evaluate theta and its 1..max(steps) step adaptations on `tasks` (no theta update).
+@dataclass(frozen=True)
+class EvalProtocol:
+    """What an evaluation measures: `tasks` (task i on `robots[i]`), the adaptation rounds `steps` reported
+    (rounds 0..max(steps) run), `episodes` per task and round, the episode `horizon`, the base `seed` of the
+    requests (learner/seeds.py), the policy `version` prefix. `stream` replaces the seed stream the learner
+    names (e.g. "tasks" for the per-task evaluation); `deterministic` = mean actions."""
 
-    A learner that adapts in context instead of by gradient steps (RL^2) defines
-    `evaluate_in_context(pool, tasks, robot, steps, episodes, horizon, seed, version)`: there
-    step k is the k-th episode of a trial (k context episodes seen). `robots` (one per task) pairs
-    each task with its own robot of the fleet; default `robot` for every task.
-    """
-    robots = list(robots) if robots is not None else [robot] * len(tasks)
-    in_context = getattr(learner, "evaluate_in_context", None)
-    if in_context is not None:
-        return in_context(pool, tasks, robot, steps, episodes, horizon, seed, version)
-    result = EvalResult(steps=list(steps), task_ids=[t.task_id for t in tasks])
-    weights = dict(zip((t.task_id for t in tasks), learner.weights_for(tasks, f"{version}/theta")))
-    params = None
-    for k in range(max(steps) + 1):
-        requests = [
-            SampleRequest(t, robots[i], weights[t.task_id].version, episodes, horizon, request_seed(seed, k, i, 7),
-                          "eval", context=learner.context_for(t))
-            for i, t in enumerate(tasks)
-        ]
-        batches = pool.sample(requests, {w.version: w for w in weights.values()})
+    tasks: tuple[Task, ...]
+    robots: tuple[RobotSpec, ...]
+    steps: tuple[int, ...] = (0, 1, 2, 3)
+    episodes: int = 10
+    horizon: int = 50
+    seed: int = 0
+    version: str = "eval"
+    stream: str = ""
+    deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise ValueError("an evaluation needs at least one task")
+        if len(self.robots) != len(self.tasks):
+            raise ValueError(f"an evaluation pairs each task with a robot: got {len(self.robots)} robots for "
+                             f"{len(self.tasks)} tasks")
+        if not self.steps or min(self.steps) < 0 or self.episodes < 1:
+            raise ValueError(f"evaluation steps must be non-negative and episodes positive, got steps "
+                             f"{list(self.steps)} and episodes {self.episodes}")
+
+    @property
+    def rounds(self) -> int:
+        return max(self.steps) + 1
+
+    def named(self, name: str) -> EvalProtocol:
+        """The same protocol for a baseline `name` (same tasks, robots, seeds; its own policy versions)."""
+        return replace(self, version=f"{self.version}/{name}")
+
+
+def evaluate(learner: Learner, pool: WorkerPool, protocol: EvalProtocol) -> EvalResult:
+    """Drive `learner.adaptation` under `protocol` (no update of the learner's meta-parameters)."""
+    p = protocol
+    result = EvalResult(steps=list(p.steps), task_ids=[t.task_id for t in p.tasks])
+
+    def requests(collect: Collect):
+        stream = p.stream or collect.stream
+        first = collect.measures[0] if collect.measures else 0
+        return requests_for(collect, p.robots, p.horizon, lambda i: eval_seed(p.seed, stream, first, i),
+                            p.deterministic)
+
+    for collect, batches in drive(learner.adaptation(p.tasks, p.rounds, p.version, p.episodes), pool, requests):
         result.env_steps += sum(b.num_steps for b in batches)
-        if k in steps:
-            result.returns[k] = [b.mean_return() for b in batches]
-            result.successes[k] = [b.success_rate() for b in batches]
-        if k < max(steps):
-            params, adapted = learner.adapt(batches, f"{version}/step{k + 1}", params=params)
-            weights = {t.task_id: w for t, w in zip(tasks, adapted)}
+        for j, k in enumerate(collect.measures):
+            if k in p.steps:
+                result.returns[k] = [measured(b.episode_returns(), j, len(collect.measures)) for b in batches]
+                result.successes[k] = [measured(b.success, j, len(collect.measures)) for b in batches]
+    missing = [k for k in p.steps if k not in result.returns]
+    if missing:
+        raise RuntimeError(f"{type(learner).__name__}.adaptation measured no episodes for rounds {missing}")
     return result
 
 
-# ---- baselines in the same protocol ------------------------------------------------------------------
+def measured(per_episode: np.ndarray, j: int, n: int) -> float:
+    """Mean over the episodes that measure round j of a phase whose consecutive groups of n episodes measure
+    rounds 0..n-1 (n = 1: every episode)."""
+    values = per_episode if n == 1 else per_episode.reshape(-1, n)[:, j]
+    return float(values.mean())
 
 
-def from_scratch_learner(learner: MetaLearner, seed: int = 0) -> MetaLearner:
-    """A freshly initialised learner of `learner`'s class, architecture, config and inner step (on CPU):
-    adapted by `meta_evaluate` it answers "what does meta-training buy?".
-
-    It keeps `learner`'s observation normaliser (data statistics, not meta-learned weights), and is built
-    under a forked torch RNG, so the training run's random stream (checkpointed) is left untouched."""
-    from learner.trainer import make_learner  # the trainer imports this module
-
-    spec = getattr(learner, "spec", None) or learner.policy.spec
-    config = learner.config.model_copy(update={"device": "cpu", "placement": "driver"})
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        fresh = make_learner(spec, config, learner.train_tasks)
-    arrays = learner.policy_weights("normaliser").arrays
-    if "obs_mean" in arrays and hasattr(fresh.policy, "obs_mean"):
-        with torch.no_grad():
-            fresh.policy.obs_mean.copy_(torch.as_tensor(np.asarray(arrays["obs_mean"]), dtype=torch.float32))
-            fresh.policy.obs_std.copy_(torch.as_tensor(np.asarray(arrays["obs_std"]), dtype=torch.float32))
-    return fresh
+def evaluate_baselines(baselines: dict[str, Learner], pool: WorkerPool,
+                       protocol: EvalProtocol) -> dict[str, EvalResult]:
+    """Each baseline (learner/builder.py builds the from-scratch one and wraps PolicyWeights) under the
+    method's protocol: same held-out tasks and robots, same steps, episodes and request seeds (so the same
+    env resets and noise streams). Returns name -> EvalResult, in order."""
+    return {name: evaluate(model, pool, protocol.named(name)) for name, model in baselines.items()}
 
 
-def as_learner(model: MetaLearner | PolicyWeights, like: MetaLearner) -> MetaLearner:
-    """A baseline model in a form `meta_evaluate` takes: a learner as it is (any algorithm, with its own
-    task vectors and inner step), or task-agnostic `PolicyWeights` (e.g. a registered multi-task policy)
-    loaded into a learner with `like`'s config, so it is adapted with the same inner step."""
-    if isinstance(model, PolicyWeights):
-        from learner.trainer import make_learner
-
-        config = like.config.model_copy(update={"device": "cpu", "placement": "driver"})
-        with torch.random.fork_rng(devices=[]):
-            learner = make_learner(model.spec, config, like.train_tasks)
-        learner.policy.load_weights(model)
-        return learner
-    if not all(hasattr(model, name) for name in ("adapt", "weights_for", "context_for")):
-        raise TypeError(f"a baseline must be a learner (adapt, weights_for, context_for) or PolicyWeights, "
-                        f"got {type(model).__name__}")
-    return model
-
-
-def evaluate_baselines(
-    learner: MetaLearner,
-    pool: WorkerPool,
-    tasks: Sequence[Task],
-    robot: RobotSpec,
-    steps: Sequence[int] = (0, 1, 2, 3),
-    episodes: int = 10,
-    horizon: int = 50,
-    seed: int = 0,
-    version: str = "eval",
-    robots: Sequence[RobotSpec] | None = None,
-    models: dict[str, MetaLearner | PolicyWeights] | None = None,
-    from_scratch: bool = True,
-) -> dict[str, EvalResult]:
-    """Baselines through `meta_evaluate` with the method's protocol: same held-out tasks and robots, same
-    steps, episodes and request seeds (so the same env resets and noise streams).
-
-    `from_scratch` adds FROM_SCRATCH (`from_scratch_learner`); `models` adds named baselines (a multi-task
-    learner or its PolicyWeights, see `as_learner`). Returns name -> EvalResult, in that order."""
-    baselines: dict[str, MetaLearner | PolicyWeights] = {}
-    if from_scratch:
-        baselines[FROM_SCRATCH] = from_scratch_learner(learner)
-    baselines.update(models or {})
-    return {
-        name: meta_evaluate(as_learner(model, learner), pool, tasks, robot, steps, episodes, horizon, seed,
-                            f"{version}/{name}", robots)
-        for name, model in baselines.items()
-    }
+def phase_figures(phases: Sequence[tuple[Collect, list[Batch]]]) -> dict[str, float]:
+    """Per collected phase (by `label`, else phase name): mean return and success over its tasks."""
+    out: dict[str, float] = {}
+    for collect, batches in phases:
+        label = collect.label or collect.phase
+        out[f"{label}_return"] = float(np.mean([b.mean_return() for b in batches]))
+        out[f"{label}_success"] = float(np.mean([b.success_rate() for b in batches]))
+    return out
 
 
 def final_report(final: EvalResult, baselines: dict[str, EvalResult]) -> dict:

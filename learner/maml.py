@@ -20,15 +20,14 @@ class MAML(MetaLearner):
     def adapt_for_training(self, support: Sequence[Batch], version: str) -> list[PolicyWeights]:
         return self.adapt(support, version, steps=self.config.inner_steps)[1]
 
-    def update(self, support: Sequence[Batch], query: Sequence[Batch]) -> dict[str, float]:
+    def learn(self, support: Sequence[Batch], query: Sequence[Batch]) -> dict[str, float]:
         cfg = self.config
         support_data, query_data = self.prepare(support), self.prepare(query)
-        for _ in range(cfg.ppo_epochs):
-            for idx in self.task_minibatches(len(support)):
-                # phi_i(theta) is recomputed every step: the outer gradient flows through it.
-                adapted = adapt_batched(self.policy, self.params(), select(support_data, idx), cfg.inner_lr,
-                                        cfg.inner_steps, cfg.first_order)
-                query_batch = select(query_data, idx)
-                losses, kls = batched(self.ppo_terms)(adapted, query_batch)
-                metrics = self.ppo_step(losses, kls, query_batch["task_weight"])
+        for idx in self.minibatch_epochs(len(support)):
+            # phi_i(theta) is recomputed every step: the outer gradient flows through it.
+            adapted = adapt_batched(self.policy, self.params(), select(support_data, idx), cfg.inner_lr,
+                                    cfg.inner_steps, cfg.first_order)
+            query_batch = select(query_data, idx)
+            losses, kls = batched(self.ppo_terms)(adapted, query_batch)
+            metrics = self.ppo_step(losses, kls, query_batch["task_weight"])
         return metrics

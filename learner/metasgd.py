@@ -15,10 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from fleet.tasks import Task
-from learner.adaptation import Params, adapt_batched, batched, select, unstack
+from learner.adaptation import Params, adapt_batched, batched, select
 from learner.base import MetaLearner
-from learner.config import LearnerConfig
 from learner.networks import GaussianMLPPolicy
 from policy import PolicySpec, PolicyWeights
 from workers.batch import Batch
@@ -68,12 +66,13 @@ class MetaSGD(MetaLearner):
 
     algorithm = "metasgd"
 
-    def __init__(self, spec: PolicySpec, config: LearnerConfig, train_tasks: Sequence[Task] = ()):
-        super().__init__(spec, config, train_tasks)
-        self.policy = RatedPolicy(spec, config.init_std, config.inner_lr).to(self.device)
-        self.policy.reset_rates(config.inner_lr)  # after .to(): the rates live where the parameters do
-        self.optimizer = torch.optim.Adam(
-            [{"params": list(self.policy.parameters())}, {"params": list(self.rates.values())}], lr=config.outer_lr)
+    def make_policy(self, spec: PolicySpec) -> RatedPolicy:
+        policy = RatedPolicy(spec, self.config.init_std, self.config.inner_lr).to(self.device)
+        policy.reset_rates(self.config.inner_lr)  # after .to(): the rates live where the parameters do
+        return policy
+
+    def parameter_groups(self) -> list:
+        return [{"params": list(self.policy.parameters())}, {"params": list(self.rates.values())}]
 
     @property
     def rates(self) -> Params:
@@ -82,28 +81,20 @@ class MetaSGD(MetaLearner):
     def adapt_for_training(self, support: Sequence[Batch], version: str) -> list[PolicyWeights]:
         return self.adapt(support, version, steps=self.config.inner_steps)[1]
 
-    def adapt(self, support: Sequence[Batch], version: str, params: Params | None = None,
-              steps: int = 1) -> tuple[Params, list[PolicyWeights]]:
-        """`MetaLearner.adapt` with the learned rates instead of the scalar `inner_lr`."""
-        data = self.prepare(support)
-        rates = {k: v.detach() for k, v in self.rates.items()}
-        with torch.no_grad():
-            adapted = adapt_batched(self.policy, self.params() if params is None else params, data, rates,
-                                    steps=steps, first_order=True, per_task_params=params is not None)
-        adapted = {k: v.detach() for k, v in adapted.items()}
-        return adapted, [self.policy.to_weights(f"{version}/task{i}", p) for i, p in enumerate(unstack(adapted))]
+    def inner_rates(self) -> Params:
+        """`adapt` uses the learned rates instead of the scalar `inner_lr`."""
+        return {k: v.detach() for k, v in self.rates.items()}
 
-    def update(self, support: Sequence[Batch], query: Sequence[Batch]) -> dict[str, float]:
+    def learn(self, support: Sequence[Batch], query: Sequence[Batch]) -> dict[str, float]:
         cfg = self.config
         support_data, query_data = self.prepare(support), self.prepare(query)
-        for _ in range(cfg.ppo_epochs):
-            for idx in self.task_minibatches(len(support)):
-                # phi_i(theta, alpha) is rebuilt every step: the outer gradient reaches theta and alpha.
-                adapted = adapt_batched(self.policy, self.params(), select(support_data, idx), self.rates,
-                                        cfg.inner_steps, cfg.first_order)
-                query_batch = select(query_data, idx)
-                losses, kls = batched(self.ppo_terms)(adapted, query_batch)
-                metrics = self.ppo_step(losses, kls, query_batch.get("task_weight"))
+        for idx in self.minibatch_epochs(len(support)):
+            # phi_i(theta, alpha) is rebuilt every step: the outer gradient reaches theta and alpha.
+            adapted = adapt_batched(self.policy, self.params(), select(support_data, idx), self.rates,
+                                    cfg.inner_steps, cfg.first_order)
+            query_batch = select(query_data, idx)
+            losses, kls = batched(self.ppo_terms)(adapted, query_batch)
+            metrics = self.ppo_step(losses, kls, query_batch.get("task_weight"))
         flat = torch.cat([v.detach().reshape(-1) for v in self.rates.values()])
         return {**metrics, "inner_lr_mean": float(flat.mean()), "inner_lr_min": float(flat.min()),
                 "inner_lr_max": float(flat.max())}

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from fleet.tasks import Task
-from learner.adaptation import Params, TaskData, batched, log_prob, select
+from learner.adaptation import Params, TaskData, batched, log_prob
 from learner.base import MetaLearner
 from learner.conditioning import TaskEncoder, conditioned_spec
 from learner.config import LearnerConfig
@@ -79,14 +79,9 @@ class MultiTaskPPO(MetaLearner):
         loss = ppo_clip_loss(logp, data["logp_old"], data["adv"], data["mask"], self.config.clip)
         return loss, masked_mean(data["logp_old"] - logp, data["mask"])
 
-    def update(self, support: Sequence[Batch], query: Sequence[Batch]) -> dict[str, float]:
-        data = self.prepare([*support, *query])
-        for _ in range(self.config.ppo_epochs):
-            for idx in self.task_minibatches(len(support) + len(query)):
-                minibatch = select(data, idx)
-                losses, kls = batched(self.ppo_terms, per_task_params=False)(self.params(), minibatch)
-                metrics = self.ppo_step(losses, kls, minibatch["task_weight"])
-        return metrics
+    def learn(self, support: Sequence[Batch], query: Sequence[Batch]) -> dict[str, float]:
+        terms = batched(self.ppo_terms, per_task_params=False)
+        return self.ppo_update(self.prepare([*support, *query]), lambda minibatch: terms(self.params(), minibatch))
 
     def state_dict(self) -> dict:
         state = super().state_dict()

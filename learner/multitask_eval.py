@@ -1,30 +1,25 @@
 """Per-task evaluation of multi-task learners, and transfer = multi-task minus single-task return.
 
-    >>> multi = evaluate_tasks(mtppo, pool, train_tasks, robot, episodes=10, horizon=50)
+    >>> protocol = EvalProtocol(train_tasks, robots, episodes=10, horizon=50)
+    >>> multi = evaluate_tasks(mtppo, pool, protocol)
     >>> tracker.log_metrics(multi.metrics(), step)          # task/<task_id>/return, .../success
-    >>> single = evaluate_tasks(single_task, pool, train_tasks, robot, episodes=10, horizon=50)
+    >>> single = evaluate_tasks(single_task, pool, protocol)
     >>> transfer(multi, single)                              # {task_id: return difference}
 
 Negative transfer on a task shows up as a negative difference: sharing one network made that task
-worse than training a network for it alone. Each task is evaluated with the learner's own choice
-of policy (`weights_for`) and task vector (`context_for`), without adaptation.
+worse than training a network for it alone. Each task is evaluated with the learner's own round-0
+policy and task vector (`Learner.adaptation`), without adaptation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from fleet.robots import RobotSpec
-from fleet.tasks import Task
-from learner.base import MetaLearner
-from learner.evaluation import request_seed
-from workers.batch import SampleRequest
+from learner.evaluation import EvalProtocol, evaluate, flatten
+from learner.interface import Learner
 from workers.pool import WorkerPool
-
-EVAL_PHASE_KEY = 11  # seed key of this evaluation (meta-evaluation uses 7): its own episodes
 
 
 @dataclass
@@ -42,11 +37,7 @@ class TaskEvalResult:
 
     def metrics(self, prefix: str = "task") -> dict[str, float]:
         """Flat MLflow metrics: `task/<task_id>/return` and `task/<task_id>/success` per task."""
-        out = {}
-        for task_id, figures in self.by_task().items():
-            out[f"{prefix}/{task_id}/return"] = figures["return"]
-            out[f"{prefix}/{task_id}/success"] = figures["success"]
-        return out
+        return flatten(prefix, self.by_task())
 
     def to_dict(self) -> dict:
         return {"task_ids": self.task_ids, "returns": self.returns, "successes": self.successes,
@@ -59,36 +50,14 @@ class TaskEvalResult:
                    [float(s) for s in data["successes"]], int(data["episodes"]), int(data.get("env_steps", 0)))
 
 
-def evaluate_tasks(
-    learner: MetaLearner,
-    pool: WorkerPool,
-    tasks: Sequence[Task],
-    robot: RobotSpec,
-    episodes: int = 10,
-    horizon: int = 50,
-    seed: int = 0,
-    version: str = "taskeval",
-    deterministic: bool = False,
-) -> TaskEvalResult:
-    """Each task's mean return/success over `episodes` fresh episodes of the learner's policy for it
-    (no adaptation; `deterministic` = mean actions). Seeds depend on (seed, task position) only."""
-    if not tasks:
-        raise ValueError("evaluate_tasks needs at least one task")
-    weights = learner.weights_for(tasks, version)
-    requests = [
-        SampleRequest(task, robot, w.version, episodes, horizon, request_seed(seed, i, EVAL_PHASE_KEY), "eval",
-                      deterministic=deterministic, context=learner.context_for(task),
-                      trial_episodes=learner.trial_episodes)
-        for i, (task, w) in enumerate(zip(tasks, weights))
-    ]
-    batches = pool.sample(requests, {w.version: w for w in weights})
-    return TaskEvalResult(
-        task_ids=[t.task_id for t in tasks],
-        returns=[b.mean_return() for b in batches],
-        successes=[b.success_rate() for b in batches],
-        episodes=episodes,
-        env_steps=sum(b.num_steps for b in batches),
-    )
+def evaluate_tasks(learner: Learner, pool: WorkerPool, protocol: EvalProtocol) -> TaskEvalResult:
+    """Each task's mean return/success over `protocol.episodes` fresh episodes of the learner's round-0
+    policy for it (no adaptation; `protocol.deterministic` = mean actions). Seeds depend on (seed, task
+    position) only: the "tasks" stream unless the protocol names another."""
+    protocol = replace(protocol, steps=(0,), stream=protocol.stream or "tasks")
+    result = evaluate(learner, pool, protocol)
+    return TaskEvalResult(task_ids=result.task_ids, returns=result.returns[0], successes=result.successes[0],
+                          episodes=protocol.episodes, env_steps=result.env_steps)
 
 
 def transfer(multi_task: TaskEvalResult, single_task: TaskEvalResult) -> dict[str, float]:

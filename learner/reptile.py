@@ -36,7 +36,7 @@ class Reptile(MetaLearner):
     def adapt_for_training(self, support: Sequence[Batch], version: str) -> list[PolicyWeights]:
         return self.adapt(support, version, steps=self.config.inner_steps)[1]
 
-    def update(self, support: Sequence[Batch], query: Sequence[Batch]) -> dict[str, float]:
+    def learn(self, support: Sequence[Batch], query: Sequence[Batch]) -> dict[str, float]:
         cfg = self.config
         # The same phi_i the query episodes were collected with (same data, same deterministic steps).
         adapted, _ = self.adapt(support, "reptile", steps=cfg.inner_steps)

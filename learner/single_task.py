@@ -81,17 +81,15 @@ class SingleTaskPPO(MetaLearner):
                 params = self.stacked_params([self.network_for(b.task) for b in support])
         return super().adapt(support, version, params=params, steps=steps)
 
-    def update(self, support: Sequence[Batch], query: Sequence[Batch]) -> dict[str, float]:
+    def learn(self, support: Sequence[Batch], query: Sequence[Batch]) -> dict[str, float]:
         batches = [*support, *query]
         for batch in batches:
             if batch.task.task_id not in self.index:
                 raise ValueError(f"single_task trains only its training tasks; got {batch.task.task_id!r}")
         owners = torch.tensor([self.index[b.task.task_id] for b in batches])
         data = self.prepare(batches)
-        for _ in range(self.config.ppo_epochs):
-            for idx in self.task_minibatches(len(batches)):
-                minibatch = select(data, idx)
-                metrics = self._step(owners[idx], minibatch)
+        for idx in self.minibatch_epochs(len(batches)):
+            metrics = self._step(owners[idx], select(data, idx))
         return metrics
 
     def _step(self, owners: torch.Tensor, data: dict) -> dict[str, float]:

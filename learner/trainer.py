@@ -1,4 +1,7 @@
-"""The meta-training loop: tasks -> support -> adapt -> query -> update -> track/checkpoint.
+"""The meta-training loop. One meta-iteration: sample tasks -> drive the learner's `collect` plan (each
+phase sampled on the pool with named seed streams) -> `learner.update()` -> metrics, tracking, checkpoint.
+The loop knows no learner's phases (learner/interface.py); the builder (learner/builder.py) makes the
+pool, learner and tracker; evaluation runs under one `EvalProtocol` (learner/evaluation.py).
 
 >>> result = train(load_config("configs/reach.yaml"))
 >>> result.final_eval.table()
@@ -6,114 +9,44 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
-import fleet
-from fleet.fleetspec import Fleet
-from fleet.robots import RobotSpec
-from fleet.tasks import Task, TaskDistribution, family_weights
-from learner.base import MetaLearner
+from learner.builder import baseline_models, build, fleet_of, place_learner, task_distribution
 from learner.checkpoint import load_newest, rng_state, save_checkpoint, set_rng_state
-from learner.config import Config, LearnerConfig
+from learner.config import Config
 from learner.evaluation import (
+    EvalProtocol,
     EvalResult,
     baseline_metrics,
+    evaluate,
     evaluate_baselines,
     final_report,
-    meta_evaluate,
-    request_seed,
+    phase_figures,
 )
+from learner.interface import Collect, Learner
 from learner.multitask_eval import TaskEvalResult, evaluate_tasks
 from learner.plots import adaptation_figure, per_task_figure
 from learner.progress import Progress
-from learner.tracking import Tracker, check_tracking_uri, resolve_tracking_uri
+from learner.sampling import Phase, drive, requests_for
+from learner.seeds import request_seed
+from learner.tracking import Tracker
 from policy import PolicySpec
-from workers.backends import make_pool
-from workers.batch import Batch, SampleRequest
+from workers.batch import SampleRequest
 from workers.pool import WorkerPool
 
 log = logging.getLogger(__name__)
-# algorithm -> "module:class", imported on use so one learner's dependencies never load for another.
-LEARNERS: dict[str, str] = {
-    "maml": "learner.maml:MAML",
-    "metasgd": "learner.metasgd:MetaSGD",
-    "reptile": "learner.reptile:Reptile",
-    "rl2": "learner.rl2:RL2",
-    "mtppo": "learner.mtppo:MultiTaskPPO",
-    "single_task": "learner.single_task:SingleTaskPPO",
-}
-SUPPORT, QUERY = 1, 2
-
-
-def learner_class(algorithm: str) -> type[MetaLearner]:
-    module, _, name = LEARNERS[algorithm].partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def make_learner(spec: PolicySpec, config: LearnerConfig, train_tasks: Sequence[Task] = ()) -> MetaLearner:
-    """The configured learner; `train_tasks` fixes task ids (one-hot contexts, per-task heads/networks)."""
-    return learner_class(config.algorithm)(spec, config, train_tasks)
-
-
-def place_learner(spec: PolicySpec, config: LearnerConfig, train_tasks: Sequence[Task], seed: int,
-                  placement_group=None) -> MetaLearner:
-    """The learner in this process, or in a Ray actor (`learner.placement`; see learner/remote.py, imported
-    only when the learner may leave the driver, so a local run never imports Ray)."""
-    if config.placement == "driver" or (config.placement == "auto" and "ray" not in sys.modules):
-        return make_learner(spec, config, train_tasks)
-    from learner.remote import place_learner as place
-
-    return place(spec, config, train_tasks, seed, placement_group)  # type: ignore[return-value]  # a proxy
-
-
-def env_spaces(cfg: Config) -> tuple[PolicySpec, dict]:
-    """Build one env (first family, first train robot) to read its spaces: the policy spec and a JSON
-    description. Config validation already checked that every family and robot model agree."""
-    env = fleet.make_env(next(iter(family_weights(cfg.fleet.family))), robot_of(cfg), cfg.fleet.horizon)
-    try:
-        obs, act = env.observation_space, env.action_space
-        spaces = {name: box_to_dict(space) for name, space in (("observation", obs), ("action", act))}
-    finally:
-        env.close()
-    spec = PolicySpec(int(np.prod(obs.shape)), int(np.prod(act.shape)), tuple(cfg.learner.hidden_sizes))
-    return spec, spaces
-
-
-def box_to_dict(space) -> dict:
-    return {"shape": list(space.shape), "low": space.low.tolist(), "high": space.high.tolist(),
-            "dtype": str(space.dtype)}
-
-
-def fleet_of(cfg: Config) -> Fleet:
-    """The run's robots: fleet.robots / fleet.fleet_file, or the one-robot fleet.robot / fleet.robot_id."""
-    return cfg.fleet.build_fleet()
-
-
-def robot_of(cfg: Config) -> RobotSpec:
-    """The fleet's first training robot (the one robot of a one-robot fleet)."""
-    return fleet_of(cfg).train[0]
-
-
-def task_distribution(cfg: Config) -> TaskDistribution:
-    """The run's task split (fixed by fleet.task_seed); sampling order follows train.seed."""
-    f = cfg.fleet
-    return TaskDistribution(f.family, f.num_train_tasks, f.num_test_tasks, f.task_seed, sampler_seed=cfg.train.seed,
-                            curriculum=f.curriculum)
 
 
 @dataclass
 class TrainResult:
     run_id: str
-    learner: MetaLearner
+    learner: Learner
     final_eval: EvalResult
     first_eval: EvalResult | None
     spaces: dict
@@ -125,84 +58,76 @@ class TrainResult:
 
 
 class Trainer:
-    """Owns one job's state; `run()` trains to `train.iterations`, resuming from a checkpoint."""
+    """Owns one job's state; `run()` trains to `train.iterations`, resuming from a checkpoint. Without a
+    `learner`, it places one (learner/builder.py) after seeding torch with train.seed."""
 
     def __init__(self, cfg: Config, pool: WorkerPool, tracker: Tracker, spec: PolicySpec, spaces: dict,
-                 placement_group=None):
-        self.cfg, self.pool, self.tracker, self.spaces = cfg, pool, tracker, spaces
-        torch.manual_seed(cfg.train.seed)
+                 placement_group=None, learner: Learner | None = None):
+        self.cfg, self.pool, self.tracker, self.spec, self.spaces = cfg, pool, tracker, spec, spaces
         self.tasks = task_distribution(cfg)
-        self.learner = place_learner(spec, cfg.learner, self.tasks.tasks("train"), cfg.train.seed, placement_group)
+        if learner is None:
+            learner = place_learner(spec, cfg.learner, self.tasks.tasks("train"), cfg.train.seed, placement_group)
+        self.learner = learner
         self.fleet = fleet_of(cfg)
         self.robot = self.fleet.train[0]
         self.iteration, self.env_steps, self.wall_seconds = 0, 0, 0.0
         self.checkpoint_dir = Path(cfg.tracking.checkpoint_dir) / tracker.run_id
-        self.eval_tasks = self.tasks.tasks("test")[: cfg.train.eval_tasks]
-        self.eval_robots = self.fleet.eval_robots(len(self.eval_tasks))  # held-out robots when the fleet has them
+        eval_tasks = tuple(self.tasks.tasks("test")[: cfg.train.eval_tasks])
+        t = cfg.train
+        # The method and its baselines under one protocol: held-out tasks on held-out robots when the fleet has them.
+        self.protocol = EvalProtocol(eval_tasks, tuple(self.fleet.eval_robots(len(eval_tasks))), tuple(t.eval_steps),
+                                     t.eval_episodes, cfg.fleet.horizon, seed=t.seed + 1_000_003)
         self.guard_trips = 0
         self.first_eval: EvalResult | None = None
         self.baselines: dict = {}  # name -> learner or PolicyWeights, evaluated next to the method at the end
 
     # ---- one meta-iteration ----------------------------------------------------------------
     def iterate(self) -> dict[str, float]:
-        cfg, it = self.cfg, self.iteration
+        cfg = self.cfg
         started = time.perf_counter()
         tasks = self.tasks.sample(cfg.train.meta_batch_size, "train")
-        version = f"it{it}"
-        behaviour = self.learner.weights_for(tasks, version)
-        support_requests = self._requests(tasks, [w.version for w in behaviour], SUPPORT)
-        support = self.pool.sample(support_requests, {w.version: w for w in behaviour})
-        adapted = self.learner.adapt_for_training(support, version)
-        query_requests = self._requests(tasks, [w.version for w in adapted], QUERY)
-        query = self.pool.sample(query_requests, {w.version: w for w in adapted})
+        phases = drive(self.learner.collect(tasks, self.iteration, cfg.train.episodes_per_task), self.pool,
+                       self.requests)
         sampled = time.perf_counter()
-        metrics = self.learner.update(support, query)
-        self.learner.observe([*support, *query])
-        self.tasks.observe([*support, *query])  # per-task results for the curriculum
+        metrics = self.learner.update()
+        batches = [b for _, phase in phases for b in phase]
+        self.tasks.observe(batches)  # per-task results for the curriculum
         done = time.perf_counter()
-        steps = sum(b.num_steps for b in [*support, *query])
+        steps = sum(b.num_steps for b in batches)
+        trips = sum(int(b.stats.get("guard_trips", 0)) for b in batches)
         self.env_steps += steps
-        self.guard_trips += sum(int(b.stats.get("guard_trips", 0)) for b in [*support, *query])
+        self.guard_trips += trips
         self.wall_seconds += done - started
         self.iteration += 1
-        return {**metrics, **batch_metrics(support, query), "env_steps": self.env_steps,
-                "guard_trips_total": self.guard_trips,
+        return {**metrics, **accounting(phases), "env_steps": self.env_steps, "guard_trips_total": self.guard_trips,
                 "env_steps_per_s": steps / max(sampled - started, 1e-9),
                 "sample_seconds": sampled - started, "learn_seconds": done - sampled}
 
-    def _requests(self, tasks, versions, phase: int) -> list[SampleRequest]:
-        cfg = self.cfg
-        versions = versions if isinstance(versions, list) else [versions] * len(tasks)
-        return [
-            SampleRequest(task, self.fleet.train_robot(task.task_id, cfg.train.seed, self.iteration), v,
-                          cfg.train.episodes_per_task, cfg.fleet.horizon,
-                          request_seed(cfg.train.seed, self.iteration, i, phase),
-                          "support" if phase == SUPPORT else "query",
-                          context=self.learner.context_for(task), trial_episodes=self.learner.trial_episodes)
-            for i, (task, v) in enumerate(zip(tasks, versions))
-        ]
+    def requests(self, collect: Collect) -> list[SampleRequest]:
+        """A training phase's requests: task i on the fleet's robot for it this iteration, seed stream of the phase."""
+        seed, it = self.cfg.train.seed, self.iteration
+        robots = [self.fleet.train_robot(task.task_id, seed, it) for task in collect.tasks]
+        horizon = self.cfg.fleet.horizon
+        return requests_for(collect, robots, horizon, lambda i: request_seed(seed, collect.stream, it, i))
 
+    # ---- evaluation --------------------------------------------------------------------------
     def evaluate(self) -> EvalResult:
-        t = self.cfg.train
-        return meta_evaluate(self.learner, self.pool, self.eval_tasks, self.eval_robots[0], t.eval_steps,
-                             t.eval_episodes, self.cfg.fleet.horizon, seed=t.seed + 1_000_003,
-                             version=f"eval{self.iteration}", robots=self.eval_robots)
+        return evaluate(self.learner, self.pool, replace(self.protocol, version=f"eval{self.iteration}"))
 
     def evaluate_train_tasks(self) -> TaskEvalResult:
         """Each training task's return without adaptation (first `eval_tasks` of them): where a shared
         policy is worse on a task than that task's single-task baseline, that is negative transfer."""
         t = self.cfg.train
-        return evaluate_tasks(self.learner, self.pool, self.tasks.tasks("train")[: t.eval_tasks], self.robot,
-                              t.eval_episodes, self.cfg.fleet.horizon, seed=t.seed + 2_000_003,
-                              version=f"taskeval{self.iteration}")
+        tasks = tuple(self.tasks.tasks("train")[: t.eval_tasks])
+        protocol = EvalProtocol(tasks, (self.robot,) * len(tasks), (0,), t.eval_episodes, self.cfg.fleet.horizon,
+                                seed=t.seed + 2_000_003, version=f"taskeval{self.iteration}")
+        return evaluate_tasks(self.learner, self.pool, protocol)
 
     def evaluate_baselines(self) -> dict[str, EvalResult]:
-        """The from-scratch baseline and the models in `self.baselines` (name -> multi-task learner or
-        PolicyWeights), under `evaluate`'s protocol: same tasks, robots, steps, episodes and seeds."""
-        t = self.cfg.train
-        return evaluate_baselines(self.learner, self.pool, self.eval_tasks, self.eval_robots[0], t.eval_steps,
-                                  t.eval_episodes, self.cfg.fleet.horizon, seed=t.seed + 1_000_003,
-                                  version=f"eval{self.iteration}", robots=self.eval_robots, models=self.baselines)
+        """The from-scratch baseline (a fresh learner of the same kind) and the models in `self.baselines`
+        (name -> learner, or PolicyWeights loaded into a learner of this config), under `evaluate`'s protocol."""
+        models = baseline_models(self.learner, self.spec, self.cfg.learner, self.tasks.tasks("train"), self.baselines)
+        return evaluate_baselines(models, self.pool, replace(self.protocol, version=f"eval{self.iteration}"))
 
     # ---- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -253,9 +178,7 @@ class Trainer:
         while self.iteration < cfg.iterations:
             metrics = self.iterate()
             self.tracker.log_metrics(metrics, step=self.iteration)
-            progress.update(self.iteration, f"return pre {metrics['pre_return']:.1f} post {metrics['post_return']:.1f}"
-                            f" | success {metrics['pre_success']:.2f}->{metrics['post_success']:.2f}"
-                            f" | {metrics['env_steps_per_s']:.0f} steps/s")
+            progress.update(self.iteration, progress_text(metrics))
             if cfg.eval_every and self.iteration % cfg.eval_every == 0 and self.iteration < cfg.iterations:
                 self.tracker.log_metrics(self.evaluate().metrics(), step=self.iteration)
             if self.iteration % cfg.checkpoint_every == 0 or self.iteration == cfg.iterations:
@@ -275,67 +198,31 @@ class Trainer:
                            self.iteration, self.env_steps, self.wall_seconds, train_tasks=train_tasks)
 
 
-def batch_metrics(support: list[Batch], query: list[Batch]) -> dict[str, float]:
-    """Per-iteration figures: returns and success before/after adaptation, guard trips (steps dropped)."""
-    return {
-        "guard_trips": float(sum(int(b.stats.get("guard_trips", 0)) for b in [*support, *query])),
-        "pre_return": float(np.mean([b.mean_return() for b in support])),
-        "post_return": float(np.mean([b.mean_return() for b in query])),
-        "pre_success": float(np.mean([b.success_rate() for b in support])),
-        "post_success": float(np.mean([b.success_rate() for b in query])),
-    }
+def accounting(phases: list[Phase]) -> dict[str, float]:
+    """Per-iteration figures from what was collected: each phase's return and success (by its label: MAML-style
+    learners' pre_/post_return, pre_/post_success) and guard trips (steps dropped)."""
+    trips = sum(int(b.stats.get("guard_trips", 0)) for _, batches in phases for b in batches)
+    return {"guard_trips": float(trips), **phase_figures(phases)}
+
+
+def progress_text(metrics: dict[str, float]) -> str:
+    """The CLI progress line: return and success of each collected phase, throughput."""
+    labels = [k.removesuffix("_return") for k in metrics if k.endswith("_return")]
+    returns = " ".join(f"{label} {metrics[label + '_return']:.1f}" for label in labels)
+    successes = "->".join(f"{metrics[label + '_success']:.2f}" for label in labels)
+    return f"return {returns} | success {successes} | {metrics['env_steps_per_s']:.0f} steps/s"
 
 
 def train(cfg: Config, resume_run_id: str | None = None, pool: WorkerPool | None = None,
           progress: Progress | None = None) -> TrainResult:
     """Run (or resume) one training job; the MLflow run stays open (`result.tracker`) so the
     caller can register the policy into it, then close it."""
-    uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
-    check_tracking_uri(uri)
-    spec, spaces = env_spaces(cfg)  # a broken env fails here, before any worker starts
-    tracker = Tracker(uri, cfg.tracking.experiment, run_id=resume_run_id, run_name=cfg.name)
-    own_pool, group, trainer = pool is None, None, None
-    try:
-        tracker.log_params(cfg.flat())
-        tracker.log_text(cfg.to_yaml(), "config.yaml")
-        split = task_distribution(cfg)
-        tracker.log_dict({**{name: [t.to_dict() for t in split.tasks(name)] for name in ("train", "test")},
-                          "family_weights": split.weights, "curriculum": cfg.fleet.curriculum}, "tasks.json")
-        tracker.log_dict(fleet_of(cfg).to_dict(), "fleet.json")
-        if pool is None:
-            pool, group = placed_pool(cfg)
-        trainer = Trainer(cfg, pool, tracker, spec, spaces, group)
+    with build(cfg, resume_run_id, pool) as run:
+        trainer = Trainer(cfg, run.pool, run.tracker, run.spec, run.spaces, learner=run.learner)
         if resume_run_id is not None and not trainer.restore():
             log.warning("run %s has no checkpoint yet; starting from iteration 0", resume_run_id)
-            tracker.mark_resumed(0)  # what the killed job logged stays; re-done steps are not logged twice
+            run.tracker.mark_resumed(0)  # what the killed job logged stays; re-done steps are not logged twice
         result = trainer.run(progress)
-        result.learner = getattr(result.learner, "to_local", lambda: result.learner)()  # callers get a plain one
-        result.tracker = tracker
-    except BaseException:
-        tracker.close("FAILED")
-        raise
-    finally:
-        if trainer is not None and hasattr(trainer.learner, "close"):  # a learner actor
-            trainer.learner.close()
-        if own_pool and pool is not None:
-            pool.close()
-        release(group)
+        result.learner = result.learner.local()  # callers get a plain one
+        result.tracker = run.tracker
     return result
-
-
-def placed_pool(cfg: Config) -> tuple[WorkerPool, object | None]:
-    """`make_pool`, except that a learner bound for a GPU actor reserves itself and the Ray workers in one
-    placement group (learner/remote.py)."""
-    if cfg.workers.backend == "local" and cfg.learner.placement != "actor":
-        return make_pool(cfg.workers.backend, cfg.workers.num_workers), None
-    from learner.remote import placed_pool as reserve
-
-    return reserve(cfg)
-
-
-def release(group) -> None:
-    """Remove the placement group (its actors go with it)."""
-    if group is not None:
-        import ray
-
-        ray.util.remove_placement_group(group)

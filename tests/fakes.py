@@ -89,3 +89,25 @@ def load_benchmark(name: str):
     sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
+
+
+def point_protocol(tasks, episodes: int, horizon: int, seed: int = 0, steps=(0,), deterministic: bool = False):
+    """An EvalProtocol on the fake point env: every task on ROBOT."""
+    from learner.evaluation import EvalProtocol
+
+    return EvalProtocol(tuple(tasks), (ROBOT,) * len(tasks), tuple(steps), episodes, horizon, seed,
+                        deterministic=deterministic)
+
+
+def drive_iteration(learner, pool, tasks, iteration: int, episodes: int, horizon: int, seed: int = 0):
+    """One meta-iteration as the trainer drives it (collect plan -> pool -> update) on ROBOT; returns
+    (update metrics, [(Collect, batches)] of the iteration)."""
+    from learner.sampling import drive, requests_for
+    from learner.seeds import request_seed
+
+    def requests(collect):
+        return requests_for(collect, [ROBOT] * len(collect.tasks), horizon,
+                            lambda i: request_seed(seed, collect.stream, iteration, i))
+
+    phases = drive(learner.collect(tasks, iteration, episodes), pool, requests)
+    return learner.update(), phases

@@ -9,8 +9,9 @@ import torch
 
 import fleet
 from fleet.envs.guard import GuardWrapper
+from learner.interface import Collect
 from learner.networks import GaussianMLPPolicy
-from learner.trainer import batch_metrics
+from learner.trainer import accounting
 from tests.fakes import POINT_SPEC, ROBOT, point_tasks
 from workers.batch import SampleRequest
 from workers.worker import RolloutWorker
@@ -117,7 +118,8 @@ def test_rollout_batch_drops_the_guarded_step():
     [batch] = worker.sample([SampleRequest(point_tasks(1)[0], ROBOT, "g", 2, 10, 0)], {"g": weights})
     np.testing.assert_array_equal(batch.mask, [[1, 1, 1, 0, 0, 0, 0, 0, 0, 0]] * 2)  # step 4 tripped: dropped
     assert batch.stats["guard_trips"] == 2 and batch.num_steps == 6
-    assert batch_metrics([batch], [batch])["guard_trips"] == 4
+    phase = Collect("support", (batch.task,), (weights,), 2, "support", label="pre")
+    assert accounting([(phase, [batch]), (phase, [batch])])["guard_trips"] == 4
 
 
 def _reach_env():

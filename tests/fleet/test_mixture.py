@@ -131,7 +131,8 @@ def test_bad_curriculum(monkeypatch):
 
 
 def _trainer(tmp_path, fleet_section):
-    from learner.trainer import Trainer, env_spaces
+    from learner.builder import env_spaces
+    from learner.trainer import Trainer
     from workers.pool import LocalWorkerPool
 
     cfg = load_config(data={
@@ -144,19 +145,22 @@ def _trainer(tmp_path, fleet_section):
 
 
 def test_trainer_pairs_tasks_with_fleet_robots(tmp_path):
+    from learner.interface import Collect
+
     robots = [{"model": "kuka_iiwa", "id": "k", "count": 3, "link_mass_scale": {"uniform": [0.8, 1.2]}},
               {"model": "kuka_iiwa", "id": "new", "split": "test"}]
     trainer = _trainer(tmp_path, {"robots": robots})
     train_ids = {"k-0", "k-1", "k-2"}
-    tasks = trainer.tasks.sample(4)
-    support = trainer._requests(tasks, "v", 1)
-    query = trainer._requests(tasks, "v", 2)
+    tasks = tuple(trainer.tasks.sample(4))
+    weights = (trainer.learner.policy_weights("v"),) * len(tasks)
+    support = trainer.requests(Collect("support", tasks, weights, 2, "support"))
+    query = trainer.requests(Collect("query", tasks, weights, 2, "query"))
     assert [r.robot for r in support] == [r.robot for r in query]  # the same pairing in both phases
     assert {r.robot.robot_id for r in support} <= train_ids
-    used = {r.robot.robot_id for it in range(6) for r in (setattr(trainer, "iteration", it), trainer._requests(
-        tasks, "v", 1))[1]}
+    used = {r.robot.robot_id for it in range(6) for r in (setattr(trainer, "iteration", it), trainer.requests(
+        Collect("support", tasks, weights, 2, "support")))[1]}
     assert used == train_ids
-    assert [r.robot_id for r in trainer.eval_robots] == ["new"] * 4  # held-out robot at evaluation
+    assert [r.robot_id for r in trainer.protocol.robots] == ["new"] * 4  # held-out robot at evaluation
     trainer.iteration = 0
     metrics = trainer.iterate()
     assert metrics["guard_trips"] == 0 and metrics["guard_trips_total"] == 0

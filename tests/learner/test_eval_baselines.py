@@ -7,16 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from learner.builder import baseline_models, fresh_learner
 from learner.config import LearnerConfig, load_config
-from learner.evaluation import (
-    FROM_SCRATCH,
-    as_learner,
-    baseline_metrics,
-    evaluate_baselines,
-    final_report,
-    from_scratch_learner,
-    meta_evaluate,
-)
+from learner.evaluation import FROM_SCRATCH, EvalProtocol, baseline_metrics, evaluate_baselines, final_report
+from learner.evaluation import evaluate as run_protocol
 from learner.maml import MAML
 from learner.plots import adaptation_figure, per_task_figure
 from tests.fakes import POINT_SPEC, ROBOT, PointEnv, point_env_factory, point_tasks
@@ -24,7 +18,7 @@ from workers.pool import LocalWorkerPool
 
 CONFIG = LearnerConfig(hidden_sizes=(16,), inner_lr=0.5, device="cpu", placement="driver")
 TASKS = point_tasks(3, seed=9, split="test")
-PROTOCOL = {"steps": (0, 1, 2), "episodes": 3, "horizon": 8, "seed": 4}
+PROTOCOL = EvalProtocol(tuple(TASKS), (ROBOT,) * len(TASKS), steps=(0, 1, 2), episodes=3, horizon=8, seed=4)
 
 
 @pytest.fixture
@@ -46,7 +40,15 @@ def trained():
 
 
 def evaluate(learner, pool):
-    return meta_evaluate(learner, pool, TASKS, ROBOT, **PROTOCOL)
+    return run_protocol(learner, pool, PROTOCOL)
+
+
+def from_scratch_learner(learner, seed=0):
+    return fresh_learner(POINT_SPEC, learner.config, learner.train_tasks, seed, like=learner.policy_weights("n"))
+
+
+def baselines_of(learner, pool, models=None, from_scratch=True):
+    return evaluate_baselines(baseline_models(learner, POINT_SPEC, CONFIG, (), models, from_scratch), pool, PROTOCOL)
 
 
 def test_from_scratch_is_fresh_weights_same_architecture_and_normaliser(trained):
@@ -65,7 +67,7 @@ def test_from_scratch_is_fresh_weights_same_architecture_and_normaliser(trained)
 
 def test_baselines_follow_the_methods_protocol(trained, pool):
     method = evaluate(trained, pool)
-    results = evaluate_baselines(trained, pool, TASKS, ROBOT, **PROTOCOL, models={"same": trained})
+    results = baselines_of(trained, pool, models={"same": trained})
     assert list(results) == [FROM_SCRATCH, "same"]
     assert results["same"].returns == method.returns  # same tasks, steps, episodes, seeds: same numbers
     scratch = results[FROM_SCRATCH]
@@ -80,21 +82,21 @@ def test_policy_weights_baseline_is_adapted_with_the_same_inner_step(trained, po
     with torch.no_grad():
         other.policy.mean_head.weight.normal_(0, 0.5)
     weights = other.policy_weights("mtppo/final")
-    results = evaluate_baselines(trained, pool, TASKS, ROBOT, **PROTOCOL, models={"mtppo": weights},
-                                 from_scratch=False)
+    results = baselines_of(trained, pool, models={"mtppo": weights}, from_scratch=False)
+    assert list(results) == ["mtppo"]
     assert results["mtppo"].returns == evaluate(other, pool).returns
-    loaded = as_learner(weights, trained)
+    loaded = baseline_models(trained, POINT_SPEC, CONFIG, (), {"mtppo": weights}, from_scratch=False)["mtppo"]
     assert loaded.config.inner_lr == trained.config.inner_lr
 
 
 def test_a_baseline_that_cannot_adapt_is_refused(trained):
-    with pytest.raises(TypeError, match=r"learner .*or PolicyWeights, got dict"):
-        as_learner({"weights": 1}, trained)
+    with pytest.raises(TypeError, match=r"baseline 'bad' must be a learner or PolicyWeights, got dict"):
+        baseline_models(trained, POINT_SPEC, CONFIG, (), {"bad": {"weights": 1}})
 
 
 def test_report_json_and_figures(trained, pool, tmp_path):
     method = evaluate(trained, pool)
-    baselines = evaluate_baselines(trained, pool, TASKS, ROBOT, **PROTOCOL)
+    baselines = baselines_of(trained, pool)
     report = json.loads(json.dumps(final_report(method, baselines)))
     assert report["per_task_returns"] == {str(k): v for k, v in method.returns.items()}  # as before
     scratch = report["baselines"][FROM_SCRATCH]

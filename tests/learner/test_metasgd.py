@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from learner.builder import make_learner
 from learner.config import LearnerConfig
 from learner.metasgd import RATE_PREFIX, MetaSGD
-from learner.trainer import make_learner
 from policy import PolicyWeights
 from policy.artifact import ArtifactError, PolicyArtifact
 from tests.fakes import POINT_SPEC, ROBOT, point_env_factory, point_tasks
@@ -36,7 +36,7 @@ def sample(pool, weights, seed: int, episodes: int = 4, horizon: int = 12):
 def iterate(learner, pool, it: int):
     support = sample(pool, learner.weights_for(TASKS, f"it{it}"), 100 * it)
     query = sample(pool, learner.adapt_for_training(support, f"it{it}"), 100 * it + 50)
-    metrics = learner.update(support, query)
+    metrics = learner.learn(support, query)
     learner.observe([*support, *query])
     return support, query, metrics
 

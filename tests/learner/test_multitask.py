@@ -7,15 +7,14 @@ import pytest
 import torch
 
 from learner.adaptation import batched
+from learner.builder import make_learner
 from learner.config import LearnerConfig, load_config
-from learner.evaluation import request_seed
 from learner.losses import masked_mean
 from learner.mtppo import MultiTaskPPO
 from learner.multitask_eval import TaskEvalResult, evaluate_tasks, transfer, transfer_metrics
 from learner.single_task import SingleTaskPPO
-from learner.trainer import make_learner
-from tests.fakes import POINT_SPEC, ROBOT, point_env_factory, point_tasks
-from workers.batch import Batch, SampleRequest
+from tests.fakes import POINT_SPEC, ROBOT, drive_iteration, point_env_factory, point_protocol, point_tasks
+from workers.batch import Batch
 from workers.pool import LocalWorkerPool
 
 E, H = 3, 6
@@ -114,21 +113,21 @@ def test_single_task_networks_stay_independent():
     batch = {i: hand_batch(t, 1.0, i) for i, t in enumerate(tasks)}
     alone, together = single(tasks), single(tasks)
     before = [params_of(alone, i) for i in range(3)]
-    alone.update([batch[0]], [batch[0]])
-    together.update([batch[0], batch[1]], [batch[0], batch[1]])
+    alone.learn([batch[0]], [batch[0]])
+    together.learn([batch[0], batch[1]], [batch[0], batch[1]])
     for name, value in before[2].items():  # no data for task 2: untouched (no Adam momentum either)
         assert torch.equal(params_of(alone, 2)[name], value) and torch.equal(params_of(together, 2)[name], value)
     assert any(not torch.equal(params_of(alone, 0)[k], before[0][k]) for k in before[0])
     for name in before[0]:  # task 0's update does not depend on task 1's data
         torch.testing.assert_close(params_of(together, 0)[name], params_of(alone, 0)[name], rtol=1e-5, atol=1e-6)
-    together.update([batch[1]], [batch[1]])  # task 1 trains again; task 0 (momentum from before) stays
+    together.learn([batch[1]], [batch[1]])  # task 1 trains again; task 0 (momentum from before) stays
     torch.testing.assert_close(params_of(together, 0), params_of(alone, 0), rtol=1e-5, atol=1e-6)
 
 
 def test_single_task_weights_per_task_and_from_scratch_for_held_out():
     tasks, held_out = point_tasks(2), point_tasks(1, seed=4, split="test")
     learner = single(tasks)
-    learner.update([hand_batch(tasks[0], 1.0, 0)], [hand_batch(tasks[0], 1.0, 1)])
+    learner.learn([hand_batch(tasks[0], 1.0, 0)], [hand_batch(tasks[0], 1.0, 1)])
     w0, w1, w_new = learner.weights_for([tasks[0], tasks[1], held_out[0]], "it3")
     assert len({w0.version, w1.version, w_new.version}) == 3
     np.testing.assert_array_equal(w0.arrays["mean_head.bias"], learner.networks[0].mean_head.bias.detach().numpy())
@@ -141,7 +140,7 @@ def test_single_task_weights_per_task_and_from_scratch_for_held_out():
 def test_single_task_state_round_trip():
     tasks = point_tasks(2)
     learner = single(tasks)
-    learner.update([hand_batch(tasks[1], 1.0, 0)], [hand_batch(tasks[1], 1.0, 1)])
+    learner.learn([hand_batch(tasks[1], 1.0, 0)], [hand_batch(tasks[1], 1.0, 1)])
     restored = single(point_tasks(2))
     torch.manual_seed(5)  # other initial networks
     restored.load_state_dict(learner.state_dict())
@@ -156,8 +155,8 @@ def test_evaluate_tasks_reports_each_task_and_is_seeded():
     tasks = point_tasks(3)
     learner = mtppo(tasks, conditioning="concat")
     pool = LocalWorkerPool(1, point_env_factory)
-    one = evaluate_tasks(learner, pool, tasks, ROBOT, episodes=2, horizon=5, seed=1)
-    two = evaluate_tasks(learner, pool, tasks, ROBOT, episodes=2, horizon=5, seed=1)
+    one = evaluate_tasks(learner, pool, point_protocol(tasks, episodes=2, horizon=5, seed=1))
+    two = evaluate_tasks(learner, pool, point_protocol(tasks, episodes=2, horizon=5, seed=1))
     assert one.returns == two.returns and one.env_steps == 3 * 2 * 5
     metrics = one.metrics()
     assert set(metrics) == {f"task/point/train/{i}/{k}" for i in range(3) for k in ("return", "success")}
@@ -186,19 +185,9 @@ def test_multitask_configs_validate_and_build_a_learner(name):
 
 # ---- learning ------------------------------------------------------------------------------------
 def train_tasks(learner, tasks, pool, iterations: int, episodes: int = 4, horizon: int = 12) -> None:
-    """The trainer's loop on the fake: support with weights_for, query with adapt_for_training."""
-
-    def requests(it, weights, phase):
-        return [SampleRequest(t, ROBOT, w.version, episodes, horizon, request_seed(0, it, i, phase),
-                              context=learner.context_for(t)) for i, (t, w) in enumerate(zip(tasks, weights))]
-
+    """The trainer's loop on the fake: the learner's collect plan (support, query), then update."""
     for it in range(iterations):
-        behaviour = learner.weights_for(tasks, f"it{it}")
-        support = pool.sample(requests(it, behaviour, 1), {w.version: w for w in behaviour})
-        adapted = learner.adapt_for_training(support, f"it{it}")
-        query = pool.sample(requests(it, adapted, 2), {w.version: w for w in adapted})
-        learner.update(support, query)
-        learner.observe([*support, *query])
+        drive_iteration(learner, pool, tasks, it, episodes, horizon)
 
 
 RUNS = {"concat": {"conditioning": "concat"}, "additive": {"conditioning": "additive"},
@@ -215,9 +204,10 @@ def test_short_training_improves_train_task_return(run):
     torch.manual_seed(0)
     learner = make_learner(POINT_SPEC, cfg, tasks)
     pool = LocalWorkerPool(1, point_env_factory)
-    before = evaluate_tasks(learner, pool, tasks, ROBOT, episodes=2, horizon=12, deterministic=True)
+    protocol = point_protocol(tasks, episodes=2, horizon=12, deterministic=True)
+    before = evaluate_tasks(learner, pool, protocol)
     train_tasks(learner, tasks, pool, iterations=5)
-    after = evaluate_tasks(learner, pool, tasks, ROBOT, episodes=2, horizon=12, deterministic=True)
+    after = evaluate_tasks(learner, pool, protocol)
     gains = np.subtract(after.returns, before.returns)
     print(run, np.round(before.returns, 2), np.round(after.returns, 2))
     assert gains.mean() > 1.0 and (gains > 0).sum() >= 3, (before.returns, after.returns)

@@ -17,8 +17,7 @@ import torch
 
 from learner.config import LearnerConfig
 from learner.maml import MAML
-from tests.fakes import POINT_SPEC, ROBOT, point_env_factory, point_tasks
-from workers.batch import SampleRequest
+from tests.fakes import POINT_SPEC, drive_iteration, point_env_factory, point_protocol, point_tasks
 from workers.pool import LocalWorkerPool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,23 +25,10 @@ TASKS = point_tasks(4, seed=3)
 CONFIG = LearnerConfig(hidden_sizes=(32, 32), minibatches=2, ppo_epochs=2, inner_lr=0.3, device="cpu")
 
 
-def requests(tasks, versions, seed: int) -> list[SampleRequest]:
-    return [SampleRequest(t, ROBOT, v, 4, 10, seed + i, "support") for i, (t, v) in enumerate(zip(tasks, versions))]
-
-
-def train_iterations(learner, pool, iterations: int = 2) -> list[dict]:
-    """The trainer's calling sequence (weights_for -> adapt_for_training -> update -> observe)."""
-    metrics = []
-    for it in range(iterations):
-        behaviour = learner.weights_for(TASKS, f"it{it}")
-        support = pool.sample(requests(TASKS, [w.version for w in behaviour], 100 * it),
-                              {w.version: w for w in behaviour})
-        adapted = learner.adapt_for_training(support, f"it{it}")
-        query = pool.sample(requests(TASKS, [w.version for w in adapted], 100 * it + 50),
-                            {w.version: w for w in adapted})
-        metrics.append(learner.update(support, query))
-        learner.observe([*support, *query])
-    return metrics
+def train_iterations(learner, pool, iterations: int = 2, start: int = 0) -> list[dict]:
+    """The trainer's calling sequence: each iteration's collect plan through the pool, then update."""
+    return [drive_iteration(learner, pool, TASKS, it, episodes=4, horizon=10)[0]
+            for it in range(start, start + iterations)]
 
 
 def assert_states_equal(a: dict, b: dict) -> None:
@@ -59,8 +45,9 @@ def assert_states_equal(a: dict, b: dict) -> None:
 @pytest.mark.slow  # ~10-25 s: an actor process starts and imports torch
 @pytest.mark.integration
 def test_actor_learner_is_bitwise_identical_to_driver_learner(ray_local):
-    from learner.evaluation import meta_evaluate
-    from learner.remote import RemoteLearner, place_learner
+    from learner.builder import place_learner
+    from learner.evaluation import evaluate
+    from learner.remote import RemoteLearner
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the actor (1 CPU) runs torch on one thread: same kernels, same sums
@@ -76,16 +63,16 @@ def test_actor_learner_is_bitwise_identical_to_driver_learner(ray_local):
             remote_state = remote.state_dict()
             assert "process_rng" in remote_state
             assert_states_equal(driver.state_dict(), remote_state)
-            # the evaluation path (theta, then adapt with per-task params crossing the boundary)
-            evals = [meta_evaluate(learner, pool, TASKS[:2], ROBOT, (0, 1, 2), 3, 10, seed=1)
-                     for learner in (driver, remote)]
+            # the evaluation path (theta, then adaptation rounds driven inside the actor)
+            protocol = point_protocol(TASKS[:2], episodes=3, horizon=10, seed=1, steps=(0, 1, 2))
+            evals = [evaluate(learner, pool, protocol) for learner in (driver, remote)]
             assert evals[0].returns == evals[1].returns
-            local = remote.to_local()
+            local = remote.local()
             assert_states_equal(driver.state_dict(), local.state_dict())
             # the actor's own RNG travels with its state: restoring it replays the same minibatch shuffles
-            first = remote._call("task_minibatches", 8)
+            first = train_iterations(remote, pool, 1, start=2)
             remote.load_state_dict(remote_state)
-            assert [c.tolist() for c in remote._call("task_minibatches", 8)] == [c.tolist() for c in first]
+            assert train_iterations(remote, pool, 1, start=2) == first
         finally:
             remote.close()
     finally:
@@ -96,7 +83,7 @@ GPU_CLUSTER_SCRIPT = textwrap.dedent("""
     import json, logging, sys
     import ray, torch
     from learner.config import load_config
-    from learner.remote import placed_pool, place_learner
+    from learner.builder import placed_pool, place_learner
     from tests.fakes import POINT_SPEC, point_tasks
     from workers.ray_pool import LOOPBACK, loopback_only
 
@@ -134,10 +121,10 @@ def test_cluster_with_a_gpu_places_learner_and_workers_in_one_group(tmp_path):
 
 
 def test_placement_driver_never_needs_ray():
-    from learner.trainer import place_learner
+    from learner.builder import place_learner
 
     learner = place_learner(POINT_SPEC, CONFIG.model_copy(update={"placement": "driver"}), TASKS, seed=0)
-    assert learner.device == torch.device("cpu") and not hasattr(learner, "close")
+    assert learner.device == torch.device("cpu") and isinstance(learner, MAML) and learner.local() is learner
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run by benchmarks/gpu_check.sh)")

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from learner.builder import make_learner
 from learner.config import LearnerConfig
 from learner.reptile import Reptile
-from learner.trainer import make_learner
 from tests.fakes import POINT_SPEC, ROBOT, point_env_factory, point_tasks
 from workers.batch import SampleRequest
 from workers.pool import LocalWorkerPool
@@ -33,7 +33,7 @@ def iterate(learner, pool, it: int, episodes: int = 6, horizon: int = 20):
     support = pool.sample(requests(behaviour, 1), {w.version: w for w in behaviour})
     adapted = learner.adapt_for_training(support, f"it{it}")
     query = pool.sample(requests(adapted, 2), {w.version: w for w in adapted})
-    metrics = learner.update(support, query)
+    metrics = learner.learn(support, query)
     learner.observe([*support, *query])
     return support, query, metrics
 
@@ -66,7 +66,7 @@ def test_outer_step_follows_the_pseudo_gradient():
                          enumerate(zip(TASKS, adapted))], {w.version: w for w in adapted})
     phi, _ = learner.adapt(support, "x", steps=1)
     phi = learner.adapt(query, "y", params=phi, steps=1)[0]
-    learner.update(support, query)
+    learner.learn(support, query)
     for name, value in learner.params().items():
         expected = theta[name] + 0.5 * (phi[name].mean(0) - theta[name])
         torch.testing.assert_close(value.detach(), expected, atol=1e-5, rtol=1e-4)

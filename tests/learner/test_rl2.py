@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from learner.builder import make_learner
 from learner.config import LearnerConfig
-from learner.evaluation import meta_evaluate
+from learner.evaluation import evaluate as meta_evaluate
 from learner.rl2 import RL2, InContextLearnerError
-from learner.trainer import make_learner
 from policy.artifact import PolicyArtifact
-from tests.fakes import POINT_SPEC, ROBOT, point_env_factory, point_tasks
+from tests.fakes import POINT_SPEC, ROBOT, point_env_factory, point_protocol, point_tasks
 from workers.batch import SampleRequest
 from workers.pool import LocalWorkerPool
 
@@ -46,7 +46,7 @@ def iterate(learner, pool, it: int) -> dict:
     adapted = learner.adapt_for_training(support, f"it{it}")
     assert [w.version for w in adapted] == [f"it{it}"] * len(TASKS)  # theta for every task
     query = sample(learner, pool, 100 * it + 50, phase="query")
-    metrics = learner.update(support, query)
+    metrics = learner.learn(support, query)
     learner.observe([*support, *query])
     return metrics
 
@@ -81,7 +81,7 @@ def test_update_trains_the_gru_and_keeps_log_probs_consistent(pool):
     with torch.no_grad():
         _, kls = learner.trial_terms(data)
     assert kls.abs().max() < 1e-5  # torch recomputes the numpy behaviour log-probs over whole trials
-    metrics = learner.update(batches, sample(learner, pool, 7, phase="query"))
+    metrics = learner.learn(batches, sample(learner, pool, 7, phase="query"))
     assert all(np.isfinite(v) for v in metrics.values())
     assert (learner.params()["gru.weight_hh_l0"] - before["gru.weight_hh_l0"]).abs().max() > 0
 
@@ -94,18 +94,18 @@ def test_adapt_is_refused_with_a_clear_message(pool):
 
 def test_evaluate_in_context_reports_episode_k_as_step_k(pool):
     learner = make_learner(POINT_SPEC, config())
-    result = meta_evaluate(learner, pool, TASKS, ROBOT, steps=(0, 2), episodes=3, horizon=HORIZON, seed=5)
+    protocol = point_protocol(TASKS, episodes=3, horizon=HORIZON, seed=5, steps=(0, 2))
+    result = meta_evaluate(learner, pool, protocol)
     assert result.steps == [0, 2] and set(result.returns) == {0, 2}
     assert result.env_steps == len(TASKS) * 3 * 3 * HORIZON  # 3 trials of max(steps)+1 = 3 episodes per task
-    again = meta_evaluate(learner, pool, TASKS, ROBOT, steps=(0, 2), episodes=3, horizon=HORIZON, seed=5)
+    again = meta_evaluate(learner, pool, protocol)
     assert again.returns == result.returns and again.successes == result.successes
     # Step k is episode k of each trial: recompute task 0's figures from the same request.
-    from learner.evaluation import request_seed
-    from learner.rl2 import EVAL_PHASE_KEY
+    from learner.seeds import derive_seed
 
     weights = learner.policy_weights("eval/theta")
     [batch] = pool.sample([SampleRequest(TASKS[0], ROBOT, weights.version, 9, HORIZON,
-                                         request_seed(5, 0, EVAL_PHASE_KEY), "eval", trial_episodes=3)],
+                                         derive_seed(5, 0, 11), "eval", trial_episodes=3)],
                           {weights.version: weights})
     per_episode = batch.episode_returns().reshape(3, 3)
     assert result.returns[0][0] == pytest.approx(per_episode[:, 0].mean())
@@ -152,7 +152,7 @@ def test_rl2_training_improves_trial_return(pool):
     learner = make_learner(POINT_SPEC, config(outer_lr=0.02))
 
     def evaluate():
-        result = meta_evaluate(learner, pool, TASKS, ROBOT, steps=(0, 1), episodes=4, horizon=HORIZON, seed=9)
+        result = meta_evaluate(learner, pool, point_protocol(TASKS, episodes=4, horizon=HORIZON, seed=9, steps=(0, 1)))
         return np.mean([np.mean(result.returns[k]) for k in (0, 1)])
 
     start = evaluate()

@@ -4,8 +4,8 @@ differently than uniform weights, and weights equal for all tasks change nothing
 import pytest
 import torch
 
+from learner.builder import make_learner
 from learner.config import LearnerConfig
-from learner.trainer import make_learner
 from tests.fakes import POINT_SPEC, ROBOT, point_env_factory, point_tasks
 from workers.batch import SampleRequest
 from workers.pool import LocalWorkerPool
@@ -25,7 +25,7 @@ def updated_params(algorithm: str, task_weights: dict) -> dict:
     cfg = LearnerConfig(algorithm=algorithm, hidden_sizes=(16,), device="cpu", ppo_epochs=1, task_weights=task_weights)
     learner = make_learner(POINT_SPEC, cfg, TASKS)
     pool = LocalWorkerPool(env_factory=point_env_factory)
-    learner.update(batches(pool, learner, 1), batches(pool, learner, 2))
+    learner.learn(batches(pool, learner, 1), batches(pool, learner, 2))
     return {k: v.detach().clone() for k, v in learner.policy.named_parameters()}
 
 

@@ -16,15 +16,16 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 
+from deploy.connect import connect_robot, with_sim_defaults
+from deploy.manifest_config import manifest_config
 from deploy.registry import Registry, git_commit
-from deploy.robot import Robot, connect_robot, with_sim_defaults
+from deploy.robot import Robot
 from deploy.safety import SafetyConfig, SafetyLayer
 from fleet.robots import RobotSpec
 from fleet.tasks import Task
-from learner.config import load_config
-from learner.evaluation import request_seed
+from learner.builder import make_learner, task_distribution
+from learner.seeds import derive_seed as request_seed
 from learner.tracking import Tracker
-from learner.trainer import make_learner, task_distribution
 from policy import NumpyGaussianPolicy, PolicyWeights
 from policy.artifact import PolicyArtifact
 from workers.batch import Batch
@@ -116,16 +117,22 @@ def adaptation_task(cfg, task_params: dict | None, robot_id: str) -> Task:
 
 
 def adapt_on_robot(uri: str, address: str, task_params: dict | None = None, episodes: int = 10, steps: int = 1,
-                   robot_id: str | None = None, seed: int = 0, registry: Registry | None = None) -> AdaptResult:
+                   robot_id: str | None = None, seed: int = 0, registry: Registry | None = None,
+                   allow_plugins: tuple[str, ...] = (), plugin_config: str | None = None) -> AdaptResult:
+    """Adapt the verified meta-policy at ``uri`` on the robot at ``address`` and register the result.
+
+    A plugin family the manifest names is imported only if ``allow_plugins`` or the user's ``plugin_config``
+    names it (see :mod:`deploy.manifest_config`).
+    """
     registry = registry or Registry()
     resolved = registry.resolve(uri)
-    meta = PolicyArtifact.load(registry.download(resolved), expected_sha256=resolved.sha256)
+    meta = PolicyArtifact.load(registry.download(resolved), expected_digest=resolved.sha256)
     manifest = meta.manifest
     if meta.weights.spec.kind == "gru":  # RL^2: nothing to take gradient steps on; say so before touching a robot
         raise ValueError(f"{uri} is a recurrent in-context policy ({manifest.get('algorithm', 'rl2')}): it adapts in "
                          "its hidden state over a trial, not by gradient steps, so `fleet adapt` does not apply; "
                          "measure its in-context adaptation with `fleet eval`")
-    cfg = load_config(data={"fleet": manifest["fleet"], "learner": {**manifest["learner"], "device": "cpu"}})
+    cfg = manifest_config(manifest, uri, allow_plugins, plugin_config)
     rid = robot_id_of(address, robot_id)
     spec = RobotSpec.from_dict({**manifest.get("robot", {}), "robot_id": rid})
     task = adaptation_task(cfg, task_params, rid)
@@ -157,9 +164,11 @@ def _register(registry, resolved, meta, weights, rid, task, before, after, episo
     figures = {"return_before": before.mean_return(), "return_after": after.mean_return(),
                "success_before": before.success_rate(), "success_after": after.success_rate()}
     lineage = {"parent_model": parent_name, "parent_version": resolved.version or "",
-               "parent_sha256": meta.manifest["weights_sha256"], "robot_id": rid, "task": task.params,
+               "parent_sha256": meta.manifest["weights_sha256"], "parent_content_sha256": meta.digest,
+               "robot_id": rid, "task": task.params,
                "adapt_episodes": episodes, "adapt_steps": steps}
-    manifest = {k: v for k, v in meta.manifest.items() if k not in ("format", "policy", "version", "weights_sha256")}
+    inherited = ("format", "policy", "version", "weights_sha256", "content_sha256")  # save() writes fresh ones
+    manifest = {k: v for k, v in meta.manifest.items() if k not in inherited}
     artifact = PolicyArtifact.build(weights, **{**manifest, "kind": "adapted-policy", "lineage": lineage,
                                                 "code_version": git_commit()})
     tracker = Tracker(registry.uri, ADAPT_EXPERIMENT, run_name=f"adapt-{rid}")

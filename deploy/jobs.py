@@ -9,10 +9,12 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 
+from deploy.manifest_config import manifest_config
 from deploy.registry import Registry, git_commit, log_serving_model
+from learner.builder import make_learner, robot_of, task_distribution
 from learner.config import Config, ConfigError, load_config
-from learner.evaluation import EvalResult, meta_evaluate
-from learner.trainer import TrainResult, make_learner, robot_of, task_distribution, train
+from learner.evaluation import EvalProtocol, EvalResult, evaluate
+from learner.trainer import TrainResult, train
 from policy import OBS_CLIP
 from policy.artifact import PolicyArtifact
 from workers.backends import make_pool
@@ -99,15 +101,23 @@ def config_of_run(run_id: str, overrides: list[str], tracking_uri: str | None = 
 
 
 def evaluate_model(uri: str, split: str = "test", steps: tuple[int, ...] = (0, 1, 2, 3), episodes: int = 10,
-                   num_tasks: int = 10, backend: str = "ray", num_workers: int = 2, seed: int = 0) -> EvalResult:
-    """Meta-evaluate a registered (or local) policy on its family's held-out tasks."""
+                   num_tasks: int = 10, backend: str = "ray", num_workers: int = 2, seed: int = 0,
+                   allow_plugins: tuple[str, ...] = (), plugin_config: str | None = None) -> EvalResult:
+    """Meta-evaluate a registered (or local) policy on its family's held-out tasks.
+
+    The artifact is verified first (content digest); a plugin family its manifest names is imported only if
+    ``allow_plugins`` or the user's ``plugin_config`` file names it (see :mod:`deploy.manifest_config`).
+    """
     artifact = Registry().load(uri)
     manifest = artifact.manifest
-    trial = manifest["learner"].get("trial_episodes", 1)  # train sizes are unused here but must be whole RL^2 trials
-    cfg = load_config(data={"fleet": manifest["fleet"], "learner": {**manifest["learner"], "device": "cpu"},
-                            "train": {"episodes_per_task": trial, "eval_episodes": trial}})
+    learner_section = manifest.get("learner") if isinstance(manifest.get("learner"), dict) else {}
+    trial = learner_section.get("trial_episodes", 1)  # train sizes are unused here but must be whole RL^2 trials
+    cfg = manifest_config(manifest, uri, allow_plugins, plugin_config,
+                          train={"episodes_per_task": trial, "eval_episodes": trial})
     learner = make_learner(artifact.weights.spec, cfg.learner)
     learner.policy.load_weights(artifact.weights)
     tasks = task_distribution(cfg).tasks(split)[:num_tasks]
     with make_pool(backend, num_workers) as pool:
-        return meta_evaluate(learner, pool, tasks, robot_of(cfg), steps, episodes, cfg.fleet.horizon, seed=seed)
+        protocol = EvalProtocol(tuple(tasks), (robot_of(cfg),) * len(tasks), tuple(steps), episodes, cfg.fleet.horizon,
+                                seed)
+        return evaluate(learner, pool, protocol)

@@ -31,8 +31,12 @@ class PromotionDecision:
 
 def promote(model: str, version: str, alias: str = "production", force: bool = False, steps: tuple[int, ...] = (0, 1),
             episodes: int = 10, num_tasks: int = 10, backend: str = "local", num_workers: int = 1,
-            registry: Registry | None = None) -> PromotionDecision:
-    """Evaluate candidate and incumbent the same way (same held-out tasks and seed) and decide."""
+            registry: Registry | None = None, allow_plugins: tuple[str, ...] = (),
+            plugin_config: str | None = None) -> PromotionDecision:
+    """Evaluate candidate and incumbent the same way (same held-out tasks and seed) and decide.
+
+    Both are verified and evaluated by :func:`deploy.jobs.evaluate_model`; ``allow_plugins`` /
+    ``plugin_config`` name the plugin families the user allows their manifests to use."""
     registry = registry or Registry()
     try:
         registry.client.get_model_version(model, version)
@@ -44,7 +48,8 @@ def promote(model: str, version: str, alias: str = "production", force: bool = F
         incumbent = None
 
     def score(v: str) -> float:
-        result = evaluate_model(f"models:/{model}/{v}", "test", steps, episodes, num_tasks, backend, num_workers)
+        result = evaluate_model(f"models:/{model}/{v}", "test", steps, episodes, num_tasks, backend, num_workers,
+                                allow_plugins=allow_plugins, plugin_config=plugin_config)
         return result.summary()[max(steps)]["return_mean"]
 
     candidate_return = score(version)

@@ -2,17 +2,17 @@
 
 Layout after `pull(uri, "policy")`:
 
-    policy            -> .policy.versions/<sha256[:16]>     (symlink, switched atomically)
-    policy.last-good  -> the previous target                (kept for rollback)
+    policy            -> .policy.versions/<content_sha256[:16]>     (symlink, switched atomically)
+    policy.last-good  -> the previous target                        (kept for rollback)
     .policy.versions/<sha>/weights.safetensors, manifest.json, pull.json
 
-Nothing is switched until the download is verified (sha256 against the manifest and the
-registry tag, array schema): a failed pull leaves the current policy in place.
+Nothing is switched until the download is verified (content digest over manifest + weights against
+the manifest's own and the registry tags, array schema): a failed pull leaves the current policy in
+place. `pull.json` records the digest verified here; `fleet run` checks the directory against it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploy.pull_record import recorded_digest, write_record
 from deploy.registry import Registry
 from policy.artifact import MANIFEST_FILE, WEIGHTS_FILE, ArtifactError, PolicyArtifact
 
@@ -59,18 +60,19 @@ def pull(uri: str, out: str | Path, registry: Registry | None = None) -> PullRes
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=store))
     try:
         downloaded = registry.download(resolved, staging / "download")
-        artifact = PolicyArtifact.load(downloaded, expected_sha256=resolved.sha256)  # raises before any switch
-        digest = artifact.manifest["weights_sha256"]
+        artifact = PolicyArtifact.load(downloaded, expected_digest=resolved.sha256,  # raises before any switch
+                                       expected_weights_sha256=resolved.weights_sha256)
+        digest = artifact.digest
         target = store / digest[:16]
+        if target.is_dir() and not _intact(target, digest):
+            shutil.rmtree(target)  # a stored copy changed on disk: replace it with the verified download
         if not target.is_dir():
             fresh = staging / "policy"
             fresh.mkdir()
             for name in (WEIGHTS_FILE, MANIFEST_FILE):
                 shutil.copy2(downloaded / name, fresh / name)  # only the two files: nothing else travels
-            provenance = {"uri": uri, "name": resolved.name, "version": resolved.version, "sha256": digest,
-                          "pulled_at": time.time()}
-            (fresh / "pull.json").write_text(json.dumps(provenance, indent=2))
-            PolicyArtifact.load(fresh, expected_sha256=digest)  # verify what will actually be used
+            write_record(fresh, uri, resolved.name, resolved.version, digest, artifact.manifest["weights_sha256"])
+            PolicyArtifact.load(fresh, expected_digest=digest, expected_from="digest verified at download")
             os.replace(fresh, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -80,6 +82,16 @@ def pull(uri: str, out: str | Path, registry: Registry | None = None) -> PullRes
         _switch(out.with_name(out.name + ".last-good"), previous)
     return PullResult(uri, out, target, digest, resolved.name, resolved.version, previous,
                       time.perf_counter() - started)
+
+
+def _intact(directory: Path, digest: str) -> bool:
+    """Whether a stored version still verifies against ``digest`` (and its pull record)."""
+    try:
+        recorded = recorded_digest(directory)
+        PolicyArtifact.load(directory, expected_digest=digest)
+    except ArtifactError:
+        return False
+    return recorded == digest
 
 
 def _switch(link: Path, target: Path) -> None:

@@ -1,6 +1,6 @@
 """The MLflow model registry for policies: publish with tags and aliases, resolve and pull
-with sha256 verification. MLflow stores no content digest, so we keep our own (manifest +
-version tag) and check both on every pull."""
+with digest verification. MLflow stores no content digest, so we keep our own (the artifact's
+`content_sha256` in its manifest and as a version tag, see policy/artifact.py) and check both on every load."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from learner.tracking import resolve_tracking_uri
 from policy.artifact import PolicyArtifact
 
+RUN_ID = re.compile(r"^[A-Za-z0-9_-]+$")
 MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w\-]+))$")
 
 
@@ -32,8 +33,9 @@ class ResolvedModel:
     source: str
     name: str | None = None
     version: str | None = None
-    sha256: str | None = None
+    sha256: str | None = None  # the version's content_sha256 tag (None for runs:/ and directories)
     tags: dict | None = None
+    weights_sha256: str | None = None  # the version's weights_sha256 tag
 
 
 def git_commit() -> str:
@@ -64,6 +66,7 @@ class Registry:
         """Log the artifact into `run_id` under `policy/` and register it as a new version."""
         with tempfile.TemporaryDirectory() as tmp:
             digest = artifact.save(tmp)
+            weights_digest = artifact.manifest["weights_sha256"]
             self.client.log_artifacts(run_id, tmp, "policy")
         source = f"{self.client.get_run(run_id).info.artifact_uri}/policy"
         try:
@@ -71,7 +74,8 @@ class Registry:
         except MlflowException as exc:
             if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
                 raise
-        all_tags = {k: str(v) for k, v in (tags or {}).items()} | {"weights_sha256": digest}
+        all_tags = {k: str(v) for k, v in (tags or {}).items()} | {"content_sha256": digest,
+                                                                  "weights_sha256": weights_digest}
         version = self.client.create_model_version(name, source=source, run_id=run_id, tags=all_tags)
         for alias in aliases:
             self.client.set_registered_model_alias(name, alias, version.version)
@@ -89,13 +93,31 @@ class Registry:
                     mv = self.client.get_model_version_by_alias(name, match["alias"])
             except MlflowException as exc:
                 raise RegistryError(f"{uri}: {_short(exc)}") from None
-            return ResolvedModel(uri, mv.source, name, str(mv.version), mv.tags.get("weights_sha256"), dict(mv.tags))
-        if uri.startswith("runs:/") or Path(uri).is_dir():
+            return ResolvedModel(uri, mv.source, name, str(mv.version), mv.tags.get("content_sha256"), dict(mv.tags),
+                                 mv.tags.get("weights_sha256"))
+        if uri.startswith("runs:/"):
+            return ResolvedModel(uri, uri, sha256=self._registered_digest(uri))
+        if Path(uri).is_dir():
             return ResolvedModel(uri, uri)
         if uri.startswith("models:/"):
             raise RegistryError(f"{uri!r} is not a model URI; expected models:/NAME/VERSION or models:/NAME@ALIAS")
         raise RegistryError(f"{uri!r}: no such directory; expected a policy directory, "
                             "models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/policy")
+
+    def _registered_digest(self, uri: str) -> str | None:
+        """The ``content_sha256`` tag of a registered version made from the ``runs:/ID/PATH`` files, if any: a
+        run's files carry no tag of their own, but the version registered from them does."""
+        run_id, _, path = uri[len("runs:/"):].partition("/")
+        if not RUN_ID.match(run_id) or not path:
+            raise RegistryError(f"{uri!r} is not a run URI; expected runs:/RUN_ID/PATH")
+        try:
+            versions = self.client.search_model_versions(f"run_id = '{run_id}'")
+        except MlflowException:
+            return None
+        for mv in versions:
+            if mv.source.rstrip("/").endswith("/" + path.strip("/")) and mv.tags.get("content_sha256"):
+                return mv.tags["content_sha256"]
+        return None
 
     def download(self, resolved: ResolvedModel, dst: str | Path | None = None) -> Path:
         if Path(resolved.source).is_dir():
@@ -105,9 +127,10 @@ class Registry:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=resolved.source, dst_path=str(dst)))
 
     def load(self, uri: str) -> PolicyArtifact:
-        """Resolve, download and verify (manifest digest and the version's sha256 tag)."""
+        """Resolve, download and verify (the content digest, mandatory, and the version's digest tags)."""
         resolved = self.resolve(uri)
-        return PolicyArtifact.load(self.download(resolved), expected_sha256=resolved.sha256)
+        return PolicyArtifact.load(self.download(resolved), expected_digest=resolved.sha256,
+                                   expected_weights_sha256=resolved.weights_sha256)
 
 
 def _short(exc: MlflowException) -> str:
@@ -128,7 +151,9 @@ def log_serving_model(run_id: str, artifact: PolicyArtifact) -> str:
     same_run = active is not None and active.info.run_id == run_id
     with tempfile.TemporaryDirectory() as policy_dir, \
             contextlib.nullcontext() if same_run else mlflow.start_run(run_id=run_id):
-        artifact.save(policy_dir)
+        digest = artifact.save(policy_dir)
+        # The digest travels in the MLmodel file: load_context refuses policy files that do not match it.
         info = mlflow.pyfunc.log_model(name="serving", python_model=str(code), artifacts={"policy": policy_dir},
-                                       signature=signature, pip_requirements=["metafleet", "numpy", "safetensors"])
+                                       model_config={"content_sha256": digest}, signature=signature,
+                                       pip_requirements=["metafleet", "numpy", "safetensors"])
     return info.model_uri

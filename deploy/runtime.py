@@ -1,8 +1,9 @@
 """RobotRuntime: a pulled policy directory driving a `Robot` behind the safety layer.
 
-Loading reads only ``manifest.json`` and ``weights.safetensors`` (sha256 and array schema verified by
-:class:`policy.artifact.PolicyArtifact`); nothing else in the directory is opened, so a stray pickle there
-is never executed. Every step: observation schema check -> numpy policy -> :class:`SafetyLayer` -> robot.
+Loading reads only ``manifest.json``, ``weights.safetensors`` (content digest and array schema verified by
+:class:`policy.artifact.PolicyArtifact`) and, in a directory made by ``fleet pull``, its ``pull.json`` (the
+digest verified at pull time, checked again); nothing else in the directory is opened, so a stray pickle
+there is never executed. Every step: observation schema check -> numpy policy -> :class:`SafetyLayer` -> robot.
 
 Usage::
 
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deploy.pull_record import recorded_digest
 from deploy.robot import Robot
 from deploy.safety import ObservationSchemaError, SafetyConfig, SafetyLayer
 from policy import NumpyGaussianPolicy
@@ -32,14 +34,18 @@ class RobotRuntime:
         policy_dir: A directory holding a policy artifact (``weights.safetensors`` + ``manifest.json``).
         safety: Limits for the safety layer.
         deterministic: Send the policy's mean action (True) or sample around it.
-        expected_sha256: If given (e.g. from the registry's version tag), the weights must match it too.
+        expected_digest: If given (e.g. the registry's ``content_sha256`` tag), the artifact must match it too;
+            a directory made by ``fleet pull`` must also match the digest its ``pull.json`` records.
 
     Raises :class:`policy.artifact.ArtifactError` for a missing, tampered or inconsistent artifact.
     """
 
     def __init__(self, policy_dir: str | Path, safety: SafetyConfig | None = None, deterministic: bool = True,
-                 expected_sha256: str | None = None):
-        artifact = PolicyArtifact.load(policy_dir, expected_sha256=expected_sha256)
+                 expected_digest: str | None = None):
+        artifact = PolicyArtifact.load(policy_dir, expected_digest=recorded_digest(policy_dir),
+                                       expected_from="digest `fleet pull` verified (pull.json)")
+        if expected_digest is not None and artifact.digest != expected_digest:
+            raise ArtifactError(f"content sha256 {artifact.digest} does not match the expected {expected_digest}")
         self.manifest = artifact.manifest
         self.policy = NumpyGaussianPolicy(artifact.weights)
         self.deterministic = deterministic

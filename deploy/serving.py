@@ -1,7 +1,8 @@
 """An MLflow pyfunc for `mlflow models serve`, logged as *models from code*.
 
 MLflow stores this file as source (not a pickle) plus the policy's safetensors + manifest as
-artifacts; `load_context` verifies them with `PolicyArtifact.load`. Input: observations (a
+artifacts; `load_context` verifies them with `PolicyArtifact.load` (mandatory content digest, and the
+digest recorded in the MLmodel's model_config at logging time). Input: observations (a
 DataFrame or array, one row per observation); output: the policy's mean actions.
 
     mlflow models serve -m runs:/<run_id>/serving --env-manager local --host 127.0.0.1 -p 5001
@@ -22,7 +23,9 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
         from policy import NumpyGaussianPolicy
         from policy.artifact import PolicyArtifact
 
-        artifact = PolicyArtifact.load(context.artifacts["policy"])
+        expected = (context.model_config or {}).get("content_sha256")
+        artifact = PolicyArtifact.load(context.artifacts["policy"], expected_digest=expected,
+                                       expected_from="digest recorded in the serving model's MLmodel")
         self.policy = NumpyGaussianPolicy(artifact.weights)
         self.obs_dim = artifact.weights.spec.obs_dim
 

@@ -7,6 +7,15 @@ import json
 from metafleet.args import EXIT_OK, bad_input, parse_task
 
 
+def add_plugin_args(parser) -> None:
+    """``--allow-plugin`` / ``--config``: the only ways a registered policy's plugin family gets imported."""
+    parser.add_argument("--allow-plugin", dest="allow_plugins", action="append", default=[], metavar="MODULE:OBJECT",
+                        help="import this plugin task family named in the policy's manifest (repeatable; must "
+                             "match the manifest); without it a manifest's plugin is refused, never imported")
+    parser.add_argument("--config", dest="plugin_config", metavar="FILE",
+                        help="your own config YAML: the plugin families its fleet.family names are allowed")
+
+
 def add_parsers(sub) -> None:
     """Add the adapt, promote, pull subcommands to an argparse subparsers object."""
     adapt = sub.add_parser("adapt", help="adapt a meta-policy on one robot and register the adapted version")
@@ -19,6 +28,7 @@ def add_parsers(sub) -> None:
     adapt.add_argument("--steps", type=int, default=1, help="adaptation (gradient) steps")
     adapt.add_argument("--seed", type=int, default=0)
     adapt.add_argument("--json", action="store_true", help="print JSON")
+    add_plugin_args(adapt)
 
     adapt.set_defaults(handler=cmd_adapt)
 
@@ -30,6 +40,7 @@ def add_parsers(sub) -> None:
     promote.add_argument("--episodes", type=int, default=10, help="episodes per held-out task")
     promote.add_argument("--tasks", type=int, default=10, help="held-out tasks")
     promote.add_argument("--json", action="store_true", help="print JSON")
+    add_plugin_args(promote)
 
     promote.set_defaults(handler=cmd_promote)
 
@@ -43,15 +54,19 @@ def add_parsers(sub) -> None:
 def cmd_adapt(args) -> int:
     from deploy.adapt import adapt_on_robot
     from deploy.registry import RegistryError
+    from learner.config import ConfigError
     from policy.artifact import ArtifactError
 
     if args.episodes < 1 or args.steps < 1:
         return bad_input("--episodes and --steps must be >= 1")
     try:
         task = parse_task(args.task)
-        result = adapt_on_robot(args.model_uri, args.robot, task, args.episodes, args.steps, args.robot_id, args.seed)
-    except (ValueError, RegistryError, ArtifactError, ConnectionError) as exc:
+        result = adapt_on_robot(args.model_uri, args.robot, task, args.episodes, args.steps, args.robot_id, args.seed,
+                                allow_plugins=tuple(args.allow_plugins), plugin_config=args.plugin_config)
+    except (ValueError, RegistryError, ArtifactError, ConfigError, ConnectionError) as exc:
         return bad_input(str(exc))
+    except OSError as exc:  # a user-given path (a local policy directory) that cannot be read
+        return bad_input(f"adapt {args.model_uri}: {exc}")
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return EXIT_OK
@@ -67,11 +82,14 @@ def cmd_adapt(args) -> int:
 def cmd_promote(args) -> int:
     from deploy.promote import promote
     from deploy.registry import RegistryError
+    from learner.config import ConfigError
+    from policy.artifact import ArtifactError
 
     try:
         decision = promote(args.model, args.version, args.alias, args.force, episodes=args.episodes,
-                           num_tasks=args.tasks)
-    except RegistryError as exc:
+                           num_tasks=args.tasks, allow_plugins=tuple(args.allow_plugins),
+                           plugin_config=args.plugin_config)
+    except (RegistryError, ArtifactError, ConfigError) as exc:
         return bad_input(str(exc))
     if args.json:
         print(json.dumps(decision.to_dict(), indent=2))
@@ -90,6 +108,8 @@ def cmd_pull(args) -> int:
         result = pull(args.model_uri, args.out)
     except (RegistryError, ArtifactError) as exc:
         return bad_input(f"pull refused, {args.out} unchanged: {exc}")
+    except OSError as exc:  # --out under a missing, read-only or special directory
+        return bad_input(f"pull failed, {args.out} unchanged: cannot write there: {exc}")
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import signal
 import sys
 import threading
 from pathlib import Path
 
-from deploy.robot import TOKEN_ENV, read_token
+from deploy.connect import TOKEN_ENV, read_token
 from metafleet.args import EXIT_FAILED, EXIT_OK, BadInput, error, parse_task
 
 GIF_FRAME_MS = 40  # 25 fps: GIF delays are centiseconds and viewers slow anything under 20 ms
@@ -75,20 +76,27 @@ def cmd_run(args) -> int:
         robot.close()
     _report(args, runtime, results)
     if args.video:
-        _write_video(args.video, frames)
+        try:
+            _write_video(args.video, frames)
+        except OSError as exc:  # the path went away or filled up while the episodes ran
+            return error(f"cannot write --video {args.video!r}: {exc}")
         if not args.json:
             print(f"video: {args.video} ({len(frames)} frames)")
     return EXIT_OK
 
 
 def _connect(args, runtime, task):
-    from deploy.bridge import RobotAuthError
-    from deploy.robot import connect_robot, with_sim_defaults
+    from deploy.connect import connect_robot, with_sim_defaults
+    from deploy.wire import RobotAuthError
 
     if args.robot.startswith("tcp://"):
         kw = {"token": _token(args.token_file, required=False) or None}
     else:
         family = runtime.manifest.get("family") or (runtime.manifest.get("fleet") or {}).get("family") or "reach"
+        if _names_plugin(family) and not _address_sets_family(args.robot):
+            raise BadInput(f"policy {args.policy_dir!r} names plugin task family {family!r}: `fleet run` never "
+                           "imports code named by a policy; name the family yourself in the address, e.g. "
+                           f"--robot '{args.robot}?family=MODULE:OBJECT'")
         kw = {"family": family, "horizon": runtime.horizon or 50, "task": task, "render": bool(args.video)}
     model = (runtime.manifest.get("robot") or {}).get("model")
     try:
@@ -103,6 +111,19 @@ def _connect(args, runtime, task):
         robot.close()
         raise BadInput(f"robot {args.robot} does not fit policy {args.policy_dir!r}: {exc}") from None
     return robot
+
+
+def _names_plugin(family) -> bool:
+    """A ``module:object`` reference (or a mixture holding one), or anything that is not a plain name."""
+    names = list(family) if isinstance(family, dict) else [family]
+    return any(not isinstance(name, str) or ":" in name for name in names)
+
+
+def _address_sets_family(address: str) -> bool:
+    from urllib.parse import parse_qsl
+
+    query = address.partition("?")[2]
+    return address.startswith("sim:") and "family" in dict(parse_qsl(query, keep_blank_values=True))
 
 
 def _run_episodes(args, runtime, robot, task) -> tuple[list[dict], list]:
@@ -154,8 +175,13 @@ def _check_video(path: str | None, robot: str) -> None:
     if suffix == ".mp4" and importlib.util.find_spec("imageio_ffmpeg") is None:
         raise BadInput(f"--video {path!r}: writing MP4 needs the imageio-ffmpeg package, which is not installed; "
                        "use a .gif path instead")
-    if not Path(path).resolve().parent.is_dir():
-        raise BadInput(f"--video {path!r}: directory {str(Path(path).resolve().parent)!r} does not exist")
+    parent = Path(path).resolve().parent
+    if not parent.is_dir():
+        raise BadInput(f"--video {path!r}: directory {str(parent)!r} does not exist")
+    if Path(path).is_dir():
+        raise BadInput(f"--video {path!r} is a directory; expected a file path")
+    if not os.access(parent, os.W_OK) or (Path(path).exists() and not os.access(path, os.W_OK)):
+        raise BadInput(f"--video {path!r}: not writable (check the permissions of {str(parent)!r})")
 
 
 def _write_video(path: str, frames: list) -> None:
@@ -170,8 +196,8 @@ def _write_video(path: str, frames: list) -> None:
 # ---------------------------------------------------------------------------------------- serve-robot
 def cmd_serve_robot(args) -> int:
     """``fleet serve-robot ROBOT``: serve a robot over TCP until SIGINT/SIGTERM."""
-    from deploy.bridge import RobotServer
-    from deploy.robot import connect_robot
+    from deploy.bridge_server import RobotServer
+    from deploy.connect import connect_robot
 
     try:
         token = _token(args.token_file)
@@ -215,7 +241,7 @@ def _serve_until_signal(server, robot, args) -> int:
 
 
 def _token(token_file: str | None, required: bool = True) -> str:
-    """`deploy.robot.read_token` with its complaint as bad input (exit 2)."""
+    """`deploy.connect.read_token` with its complaint as bad input (exit 2)."""
     try:
         return read_token(token_file, required)
     except ValueError as exc:

@@ -7,6 +7,7 @@ import os
 import sys
 
 from metafleet.args import EXIT_OK, bad_input
+from metafleet.registry_commands import add_plugin_args
 
 
 def add_parsers(sub) -> None:
@@ -29,6 +30,7 @@ def add_parsers(sub) -> None:
     ev.add_argument("--workers", type=int, default=2, help="rollout workers")
     ev.add_argument("--seed", type=int, default=0, help="evaluation seed")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_plugin_args(ev)  # a manifest's plugin family is imported only if the user names it
 
     ev.set_defaults(handler=cmd_eval)
 
@@ -41,6 +43,7 @@ def cmd_train(args) -> int:
     from deploy.jobs import config_of_run, run_training
     from learner.config import ConfigError, load_config
     from learner.tracking import TrackingError, check_tracking_uri, resolve_tracking_uri
+    from workers.ray_connect import RayConnectError, init_ray
 
     try:
         if args.resume:
@@ -55,6 +58,8 @@ def cmd_train(args) -> int:
         check_tracking_uri(resolve_tracking_uri(cfg.tracking.tracking_uri))
     except (ConfigError, TrackingError) as exc:
         return bad_input(str(exc))
+    except OSError as exc:  # an unreadable config path, or a file named by --set that cannot be read
+        return bad_input(f"cannot read the config: {exc}")
     if "runtime_resources" in os.getcwd() and "MLFLOW_TRACKING_URI" not in os.environ and not cfg.tracking.tracking_uri:
         print("fleet: warning: running as a Ray job with the default sqlite:///mlflow.db inside the job's temporary "
               "working dir; results are deleted with it. Pass MLFLOW_TRACKING_URI in --runtime-env-json.",
@@ -62,7 +67,12 @@ def cmd_train(args) -> int:
     print(f"metafleet: training {cfg.name!r}: {cfg.learner.algorithm} on {family_text(cfg)}/{fleet_text(cfg)}, "
           f"{cfg.train.iterations} iterations x {cfg.train.meta_batch_size} tasks, {cfg.workers.backend} "
           f"workers={cfg.workers.num_workers}", flush=True)
-    job = run_training(cfg, args.resume)
+    try:
+        if cfg.workers.backend == "ray":
+            init_ray()  # join RAY_ADDRESS before the MLflow run opens: a cluster that does not answer is bad input
+        job = run_training(cfg, args.resume)
+    except RayConnectError as exc:
+        return bad_input(str(exc))
     print(summary_text(job), flush=True)
     return EXIT_OK
 
@@ -73,7 +83,7 @@ def family_text(cfg) -> str:
 
 
 def fleet_text(cfg) -> str:
-    from learner.trainer import fleet_of
+    from learner.builder import fleet_of
 
     robots = fleet_of(cfg)
     models = sorted({r.model for r in [*robots.train, *robots.test]})
@@ -102,7 +112,9 @@ def summary_text(job) -> str:
 def cmd_eval(args) -> int:
     from deploy.jobs import evaluate_model
     from deploy.registry import RegistryError
+    from learner.config import ConfigError
     from policy.artifact import ArtifactError
+    from workers.ray_connect import RayConnectError
 
     try:
         steps = tuple(int(s) for s in args.steps.split(","))
@@ -114,8 +126,8 @@ def cmd_eval(args) -> int:
         return bad_input("--episodes, --tasks and --workers must be >= 1")
     try:
         result = evaluate_model(args.model_uri, args.split, steps, args.episodes, args.tasks,
-                                args.backend, args.workers, args.seed)
-    except (RegistryError, ArtifactError) as exc:
+                                args.backend, args.workers, args.seed, tuple(args.allow_plugins), args.plugin_config)
+    except (RegistryError, ArtifactError, ConfigError, RayConnectError) as exc:
         return bad_input(str(exc))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))

@@ -3,7 +3,7 @@
 import pytest
 
 from deploy.adapt import adaptation_task
-from deploy.robot import _parse_sim, with_sim_defaults
+from deploy.connect import _parse_sim, with_sim_defaults
 from learner.config import load_config
 
 MIXTURE = {"fleet": {"family": {"velocity": 1.0, "direction": 1.0}, "robot": "half_cheetah",

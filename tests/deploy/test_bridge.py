@@ -11,9 +11,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deploy.bridge import MAX_FRAME, RemoteRobot, RobotAuthError, RobotCommandError, RobotServer, recv_frame
-from deploy.robot import SimRobot, Step, connect_robot
+from deploy.bridge_client import RemoteRobot
+from deploy.bridge_server import RobotServer
+from deploy.connect import connect_robot
+from deploy.robot import Step
 from deploy.runtime import RobotRuntime
+from deploy.sim_robot import SimRobot
+from deploy.wire import MAX_FRAME, RobotAuthError, RobotCommandError, recv_frame
 from tests.fakes import make_policy_dir
 
 TOKEN = "test-token-123"

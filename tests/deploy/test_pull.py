@@ -6,6 +6,7 @@ import shutil
 from metafleet.cli import main
 from policy.artifact import PolicyArtifact
 from tests.deploy.conftest import source_dir
+from tests.deploy.tamper import edit_manifest
 
 
 def pull(capsys, uri, out):
@@ -18,8 +19,9 @@ def test_pull_switches_atomically_and_keeps_last_good(store, tmp_path, capsys):
     out = tmp_path / "policy"
     code, first = pull(capsys, "models:/smoke/1", out)
     assert code == 0 and out.is_symlink()
-    assert PolicyArtifact.load(out).manifest["weights_sha256"] == first["sha256"]
-    assert json.loads((out / "pull.json").read_text())["version"] == "1"
+    assert PolicyArtifact.load(out).digest == first["sha256"]
+    record = json.loads((out / "pull.json").read_text())
+    assert record["version"] == "1" and record["content_sha256"] == first["sha256"]
     code, second = pull(capsys, "models:/smoke/2", out)
     assert code == 0 and second["previous"] == first["target"]
     assert out.resolve() == tmp_path.joinpath(second["target"]).resolve()
@@ -57,15 +59,14 @@ def test_tampered_weights_are_refused_and_last_good_kept(store, tmp_path, capsys
 
 
 def test_manifest_schema_mismatch_is_refused(store, tmp_path, capsys):
-    source = source_dir(store, "smoke", "1")
-    backup = (source / "manifest.json").read_text()
-    manifest = json.loads(backup)
-    manifest["policy"]["hidden_sizes"] = [32]  # network no longer matches the weights
-    (source / "manifest.json").write_text(json.dumps(manifest))
-    try:
-        code, err = pull(capsys, "models:/smoke/1", tmp_path / "policy")
-    finally:
-        (source / "manifest.json").write_text(backup)
+    copy = tmp_path / "copy"  # a local directory: no registry tag, so only the artifact's own checks apply
+    shutil.copytree(source_dir(store, "smoke", "1"), copy)
+
+    def shrink(manifest):
+        manifest["policy"]["hidden_sizes"] = [32]  # network no longer matches the weights
+
+    edit_manifest(copy, shrink, reseal=True)  # a consistent digest: the schema check is what refuses it
+    code, err = pull(capsys, str(copy), tmp_path / "policy")
     assert code == 2 and "expected (32, 20)" in err
     assert not (tmp_path / "policy").exists()
 

@@ -1,6 +1,5 @@
 """RobotRuntime: a verified policy directory on a Robot behind the safety layer; nothing unpickled."""
 
-import json
 import pickle
 import subprocess
 import sys
@@ -9,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deploy.robot import Robot, SimRobot, Step
+from deploy.robot import Robot, Step
 from deploy.runtime import RobotRuntime
 from deploy.safety import ObservationSchemaError, SafetyConfig
+from deploy.sim_robot import SimRobot
 from policy.artifact import ArtifactError
+from tests.deploy.tamper import edit_manifest, flip_weights_bit, reseal
 from tests.fakes import make_policy_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,23 +132,29 @@ def test_pickles_in_the_policy_dir_are_never_unpickled(tmp_path, sim_robot):
 
 def test_tampered_or_inconsistent_artifacts_are_refused(tmp_path):
     policy = make_policy_dir(tmp_path / "a")
-    blob = bytearray((policy / "weights.safetensors").read_bytes())
-    blob[-1] ^= 1
-    (policy / "weights.safetensors").write_bytes(bytes(blob))
-    with pytest.raises(ArtifactError, match="sha256"):
+    flip_weights_bit(policy)
+    with pytest.raises(ArtifactError, match=r"content sha256 .* does not match the content_sha256"):
         RobotRuntime(policy)
+
+    def wrong_shape(manifest):
+        manifest["spaces"]["observation"]["shape"] = [21]
+
     other = make_policy_dir(tmp_path / "b")
-    manifest = json.loads((other / "manifest.json").read_text())
-    manifest["spaces"]["observation"]["shape"] = [21]
-    (other / "manifest.json").write_text(json.dumps(manifest))
+    edit_manifest(other, wrong_shape)
+    with pytest.raises(ArtifactError, match="the manifest or the weights changed"):
+        RobotRuntime(other)
+    reseal(other)  # a consistent digest over an inconsistent manifest: the schema check still refuses it
     with pytest.raises(ArtifactError, match="do not fit the network"):
         RobotRuntime(other)
     with pytest.raises(ArtifactError, match=r"no manifest\.json"):
         RobotRuntime(tmp_path / "missing")
 
 
-def test_robot_side_imports_neither_ray_nor_pybullet_nor_torch():
-    code = ("import sys, deploy.runtime, deploy.safety, deploy.bridge, deploy.robot, metafleet.robot_commands\n"
-            "loaded = [m for m in ('ray', 'pybullet', 'torch') if m in sys.modules]\n"
+def test_robot_side_imports_nothing_of_the_training_stack():
+    modules = ("deploy.runtime", "deploy.safety", "deploy.robot", "deploy.wire", "deploy.bridge_server",
+               "deploy.bridge_client", "deploy.connect", "policy.artifact", "metafleet.robot_commands")
+    forbidden = ("torch", "ray", "mlflow", "pybullet", "gymnasium", "learner", "workers", "fleet", "deploy.sim_robot")
+    code = (f"import sys, {', '.join(modules)}\n"
+            f"loaded = [m for m in {forbidden!r} if m in sys.modules]\n"
             "assert not loaded, loaded\n")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)

@@ -1,9 +1,4 @@
-"""A TCP bridge for real robots: `RobotServer` exposes a `Robot`, `RemoteRobot` drives it from afar.
-
-Wire protocol v1 (spec in docs/robots.md): each frame is a 4-byte big-endian unsigned length followed by
-that many bytes of a UTF-8 JSON object, at most ``MAX_FRAME`` bytes. The client opens with
-``{"v": 1, "op": "hello", "token": ...}``; then ``reset`` / ``observe`` / ``act`` / ``close`` requests,
-each answered by one ``{"ok": true, ...}`` or ``{"ok": false, "error": ...}`` frame.
+"""`RobotServer`: exposes a `Robot` over TCP (wire format: :mod:`deploy.wire`) to authenticated clients.
 
 The server validates every request before the robot sees it; a bad frame (oversized, truncated, not a
 JSON object) or anything but a hello first closes that connection, and the server keeps serving. One
@@ -12,9 +7,9 @@ trusted network (an SSH tunnel or VPN), as ``fleet serve-robot`` does by default
 
 Usage::
 
-    server = RobotServer(SimRobot(), token="s3cret").start()
-    robot = RemoteRobot(*server.address, token="s3cret")
-    obs = robot.reset(seed=0)
+    server = RobotServer(my_robot, token="s3cret").start()      # any object of the Robot protocol
+    ...
+    server.stop()
 """
 
 from __future__ import annotations
@@ -23,128 +18,26 @@ import contextlib
 import hmac
 import json
 import logging
-import math
 import socket
-import struct
 import threading
 
 import numpy as np
 
-from deploy.robot import Robot, Step
+from deploy.robot import Robot
+from deploy.wire import (
+    MAX_SEED,
+    PROTOCOL_VERSION,
+    ProtocolError,
+    encode_array,
+    is_finite_number,
+    json_safe,
+    recv_frame,
+    send_frame,
+)
 
-PROTOCOL_VERSION = 1
-MAX_FRAME = 1 << 20
-HEADER = struct.Struct(">I")
-MAX_SEED = 2**63 - 1
 log = logging.getLogger(__name__)
 
 
-class ProtocolError(ConnectionError):
-    """A frame that breaks the protocol: oversized, truncated, not a UTF-8 JSON object."""
-
-
-class RobotAuthError(ConnectionError):
-    """The server refused the hello (wrong token or protocol version, or the robot is busy)."""
-
-
-class RobotCommandError(RuntimeError):
-    """The server answered a request with ``{"ok": false, "error": ...}``."""
-
-
-# ----------------------------------------------------------------------------------------- frames
-def encode_frame(message: dict) -> bytes:
-    """Length prefix + compact JSON (non-finite floats are not JSON: callers send them as null)."""
-    payload = json.dumps(message, allow_nan=False, separators=(",", ":")).encode("utf-8")
-    if len(payload) > MAX_FRAME:
-        raise ProtocolError(f"frame of {len(payload)} bytes exceeds MAX_FRAME ({MAX_FRAME})")
-    return HEADER.pack(len(payload)) + payload
-
-
-def send_frame(sock: socket.socket, message: dict) -> None:
-    sock.sendall(encode_frame(message))
-
-
-def recv_frame(sock: socket.socket) -> dict | None:
-    """Read one frame; ``None`` on a clean close between frames; :class:`ProtocolError` on a bad one."""
-    header = _recv_exact(sock, HEADER.size, allow_eof=True)
-    if header is None:
-        return None
-    (length,) = HEADER.unpack(header)
-    if length > MAX_FRAME:  # refuse before reading: a length prefix must not make us buffer a gigabyte
-        raise ProtocolError(f"declared frame length {length} exceeds MAX_FRAME ({MAX_FRAME})")
-    payload = _recv_exact(sock, length, allow_eof=False)
-    try:
-        message = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ProtocolError(f"frame is not UTF-8 JSON: {exc}") from None
-    if not isinstance(message, dict):
-        raise ProtocolError(f"frame holds a JSON {type(message).__name__}, expected an object")
-    return message
-
-
-def _recv_exact(sock: socket.socket, n: int, allow_eof: bool) -> bytes | None:
-    chunks, got = [], 0
-    while got < n:
-        chunk = sock.recv(min(n - got, 65536))
-        if not chunk:
-            if allow_eof and got == 0:
-                return None
-            raise ProtocolError(f"connection closed inside a frame ({got} of {n} bytes)")
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
-
-
-# ------------------------------------------------------------------------------------ json values
-def encode_array(values: np.ndarray) -> list:
-    """Floats for JSON: non-finite entries become null (JSON has no NaN)."""
-    return [float(v) if math.isfinite(v) else None for v in np.asarray(values, dtype=np.float64).ravel()]
-
-
-def decode_array(values, shape: tuple[int, ...]) -> np.ndarray:
-    """Inverse of :func:`encode_array` (null -> NaN), checked against ``shape``."""
-    if not isinstance(values, list) or not all(_is_number(v) or v is None for v in values):
-        raise ProtocolError(f"expected a list of numbers, got {str(values)[:80]}")
-    try:
-        arr = np.array([math.nan if v is None else float(v) for v in values], dtype=np.float32)
-    except OverflowError:
-        raise ProtocolError(f"expected floats, got an integer out of range in {str(values)[:80]}") from None
-    if arr.size != math.prod(shape):
-        raise ProtocolError(f"expected {math.prod(shape)} values, got {arr.size}")
-    return arr.reshape(shape)
-
-
-def json_safe(value, depth: int = 0):
-    """A JSON-serialisable copy of ``value`` (numpy -> python, non-finite -> None, unknown -> str)."""
-    if depth > 20:
-        return None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [json_safe(v, depth + 1) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    return str(value)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_finite_number(value) -> bool:
-    if not _is_number(value):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an int beyond float range
-        return False
-
-
-# ------------------------------------------------------------------------------------------ server
 class RequestError(ValueError):
     """A well-framed request with invalid content: answered with an error, the connection stays."""
 
@@ -336,7 +229,7 @@ class RobotServer:
         dim = self._low.size
         if not isinstance(action, list) or len(action) != dim:
             raise RequestError(f"action must be a list of {dim} numbers, got {json.dumps(action)[:80]}")
-        if not all(_is_finite_number(a) for a in action):
+        if not all(is_finite_number(a) for a in action):
             raise RequestError(f"action entries must be finite numbers, got {json.dumps(action)[:80]}")
         arr = np.asarray(action, dtype=np.float64)
         # Clip, as the simulator does: the robot never sees an out-of-bounds command, and raw exploration
@@ -355,63 +248,3 @@ def _check_seed(seed) -> int | None:
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED):
         raise RequestError(f"seed must be an integer in [0, 2**63-1] or null, got {json.dumps(seed)[:40]}")
     return seed
-
-
-# ------------------------------------------------------------------------------------------ client
-class RemoteRobot:
-    """A `Robot` served by a :class:`RobotServer` (``fleet serve-robot``) at ``host:port``.
-
-    Raises :class:`RobotAuthError` when the hello is refused, ``OSError`` when nothing listens there.
-    """
-
-    def __init__(self, host: str, port: int, token: str, timeout: float = 10.0):
-        self.address = (host, port)
-        self._sock: socket.socket | None = socket.create_connection((host, port), timeout=timeout)
-        try:
-            reply = self._request({"v": PROTOCOL_VERSION, "op": "hello", "token": token}, auth=True)
-            self.observation_shape = tuple(int(n) for n in reply["observation_shape"])
-            self.action_low = np.asarray(reply["action_low"], dtype=np.float32)
-            self.action_high = np.asarray(reply["action_high"], dtype=np.float32)
-        except (KeyError, TypeError, ValueError) as exc:
-            self.close()
-            raise ProtocolError(f"robot server at {host}:{port} sent a malformed hello reply: {exc}") from None
-        except BaseException:
-            self.close()
-            raise
-
-    def reset(self, task: dict | None = None, seed: int | None = None) -> np.ndarray:
-        reply = self._request({"op": "reset", "task": task, "seed": seed})
-        return decode_array(reply.get("observation"), self.observation_shape)
-
-    def observe(self) -> np.ndarray:
-        return decode_array(self._request({"op": "observe"}).get("observation"), self.observation_shape)
-
-    def act(self, action: np.ndarray) -> Step:
-        reply = self._request({"op": "act", "action": encode_array(action)})
-        reward, info = reply.get("reward"), reply.get("info")
-        if not (reward is None or _is_number(reward)):
-            raise ProtocolError(f"act reply holds a non-numeric reward {str(reward)[:40]}")
-        return Step(decode_array(reply.get("observation"), self.observation_shape),
-                    math.nan if reward is None else float(reward), reply.get("done") is True,
-                    info if isinstance(info, dict) else {})
-
-    def close(self) -> None:
-        if self._sock is None:
-            return
-        sock, self._sock = self._sock, None
-        with contextlib.suppress(OSError, ProtocolError):
-            send_frame(sock, {"op": "close"})
-            recv_frame(sock)
-        sock.close()
-
-    def _request(self, message: dict, auth: bool = False) -> dict:
-        if self._sock is None:
-            raise ConnectionError(f"robot {self.address[0]}:{self.address[1]} is closed")
-        send_frame(self._sock, message)
-        reply = recv_frame(self._sock)
-        if reply is None:
-            raise ProtocolError(f"robot server at {self.address[0]}:{self.address[1]} closed the connection")
-        if reply.get("ok") is not True:
-            error = str(reply.get("error", "no error message"))
-            raise RobotAuthError(error) if auth else RobotCommandError(error)
-        return reply

@@ -10,7 +10,9 @@ Ablation: the resumed process leaves one piece of the checkpoint at its fresh-pr
 were not saved or not restored); each one must change the outcome. (The CUDA RNG is saved and restored
 too; it can only be ablated on a machine with CUDA, where nothing here draws from it.)
 
-Run as a script, this file is the fresh process: `python test_resume_equivalence.py WORKDIR VARIANT...`.
+The default suite runs the same resume and ablations in this process (seconds); the fresh-process
+versions are slow. Run as a script, this file is the fresh process:
+`python test_resume_equivalence.py WORKDIR VARIANT...`.
 """
 
 from __future__ import annotations
@@ -232,6 +234,35 @@ def test_dropping_any_piece_of_the_checkpoint_breaks_equivalence(uninterrupted, 
     if variant == "env_steps":  # a pure counter: only it can differ
         assert found == [".env_steps"]
     else:
+        assert any(d.startswith((".learner.policy", ".learner.optimizer")) for d in found), found
+
+
+# ---- the default suite's version: the same checkpoint restored in this process (seconds) -------------------
+@pytest.fixture
+def global_rngs_kept():
+    """A resume reseeds and moves every global RNG; later tests get them back as they were."""
+    state = rng_state()
+    yield
+    set_rng_state(state)
+
+
+def test_resume_in_this_process_is_bitwise_equal(uninterrupted, global_rngs_kept):
+    """A freshly built trainer restores the mid-run checkpoint here and runs to N: bitwise the straight run."""
+    workdir, expected = uninterrupted
+    resumed = resume(workdir, "full")
+    assert resumed.pop("misses") == 0
+    assert differences(expected, resumed) == []
+
+
+@pytest.mark.parametrize("variant", list(ABLATIONS))
+def test_resume_in_this_process_needs_every_piece(uninterrupted, global_rngs_kept, variant):
+    """Each piece of the checkpoint left at its fresh value changes the outcome, so the check above sees it."""
+    workdir, expected = uninterrupted
+    resumed = resume(workdir, variant)
+    resumed.pop("misses")
+    found = differences(expected, resumed)
+    assert found, f"the resume without {variant} came out identical"
+    if variant != "env_steps":
         assert any(d.startswith((".learner.policy", ".learner.optimizer")) for d in found), found
 
 

@@ -26,7 +26,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -39,6 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from benchmarks import provenance
 from learner.adaptation import Params, TaskData, adapt_batched, batched, inner_loss, log_prob
 from learner.losses import ppo_clip_loss
 from learner.networks import GaussianMLPPolicy
@@ -177,7 +177,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per path and case (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: meta-batch 2, 2 episodes x 5 steps")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="where to write the raw JSON (default: results/adaptation-DEVICE.json; --quick writes "
+                        "only with --json)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device")
@@ -187,6 +189,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    prov = provenance.start("adaptation.py", argv)
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -203,11 +206,12 @@ def main(argv: list[str] | None = None) -> int:
         if c.meta_batch == 20 and args.device == "cpu":
             verdict = "meets" if c.speedup >= TARGET_SPEEDUP else "misses"
             print(f"{c.order} order, meta-batch 20: {c.speedup:.2f}x ({verdict} the {TARGET_SPEEDUP:.0f}x target)")
-    if args.json:
+    json_out = args.json or (None if args.quick else provenance.default_path(f"adaptation-{args.device}"))
+    if json_out:
         data = {"device": args.device, "device_name": name, "torch": torch.__version__,
                 "threads": torch.get_num_threads(), "shape": asdict(shape),
                 "cases": [{**asdict(c), "speedup": c.speedup} for c in cases]}
-        args.json.write_text(json.dumps(data, indent=2))
+        provenance.write(json_out, data, prov)
     return 0
 
 

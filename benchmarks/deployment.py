@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -22,15 +21,17 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # before mlflow is imported below
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from benchmarks import provenance
 from deploy.adapt import adapt_on_robot
 from deploy.pull import pull
 from deploy.registry import Registry
-from deploy.robot import SimRobot
 from deploy.runtime import RobotRuntime
+from deploy.sim_robot import SimRobot
+from learner.builder import task_distribution
 from learner.config import load_config
 from learner.evaluation import stderr
-from learner.trainer import task_distribution
 
 
 def adaptation_rows(uri: str, tasks: int, episodes: int, steps: int) -> list[dict]:
@@ -43,7 +44,8 @@ def adaptation_rows(uri: str, tasks: int, episodes: int, steps: int) -> list[dic
     return rows
 
 
-def pull_latency(uri: str, repeats: int) -> dict:
+def pull_latency(uri: str, repeats: int) -> dict[str, list[float]]:
+    """Milliseconds per phase, one entry per repeat."""
     timings = {"pull": [], "load": [], "first_action": [], "total": []}
     for _ in range(repeats):
         out = Path(tempfile.mkdtemp()) / "policy"
@@ -61,7 +63,7 @@ def pull_latency(uri: str, repeats: int) -> dict:
         for key, value in (("pull", pulled - start), ("load", loaded - pulled), ("first_action", acted - loaded),
                            ("total", acted - start)):
             timings[key].append(value * 1000.0)
-    return {k: statistics.median(v) for k, v in timings.items()}
+    return timings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", default=None, help="write the figures to this file")
+    parser.add_argument("--json", default=str(provenance.default_path("deployment")),
+                        help="where to write the raw JSON (default: results/deployment.json)")
+    prov = provenance.start("deployment.py", argv)
     args = parser.parse_args(argv)
     rows = adaptation_rows(args.model, args.tasks, args.episodes, args.steps)
     print(f"| held-out task | return before | return after {args.steps} step(s) | success before | success after |")
@@ -82,11 +86,16 @@ def main(argv: list[str] | None = None) -> int:
     before, after = [r["return_before"] for r in rows], [r["return_after"] for r in rows]
     print(f"| mean ± stderr | {np.mean(before):.2f} ± {stderr(before):.2f} | {np.mean(after):.2f} ± "
           f"{stderr(after):.2f} | | |")
-    latency = pull_latency(args.model, args.repeats)
+    raw = pull_latency(args.model, args.repeats)
+    latency = {k: statistics.median(v) for k, v in raw.items()}
     print(f"\npull-to-first-action, median of {args.repeats}: pull {latency['pull']:.0f} ms, runtime load "
           f"{latency['load']:.1f} ms, first action {latency['first_action']:.2f} ms, total {latency['total']:.0f} ms")
     if args.json:
-        Path(args.json).write_text(json.dumps({"adaptation": rows, "latency_ms": latency}, indent=2))
+        resolved = Registry().resolve(args.model)  # which version the alias pointed at, and its training tags
+        data = {"model": args.model, "version": resolved.version, "model_tags": resolved.tags,
+                "steps": args.steps, "episodes": args.episodes, "adaptation": rows, "latency_ms": latency,
+                "latency_ms_per_repeat": raw}
+        provenance.write(args.json, data, prov)
     return 0
 
 

@@ -12,6 +12,8 @@ this one process (one core):
 - **ratio** = env / raw; **physics ratio** = env x substeps / raw (how much of the simulator's raw rate
   an env step keeps once its own substeps are counted). The target from the issue is ratio >= 0.5 for
   the arms.
+- **action**: an arm family's action mode: ``ee`` (reach, push: one IK solve per step) or ``joint``
+  (reach_joint, push_joint: joint position deltas, no IK), side by side on the same robot.
 
 Rates are per second of this process's CPU time (``time.process_time``: pybullet DIRECT runs
 in-process), so they are one core's rate even when other processes share the machine. Measurements
@@ -27,13 +29,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 import fleet
+from benchmarks import provenance
 from fleet.envs.quiet import quiet_stdout
 from fleet.robots import ROBOT_MODELS, RobotModel, RobotSpec
 from fleet.tasks import FAMILIES
@@ -60,6 +62,8 @@ class Row:
     unguarded_steps_per_s: float
     raw_steps_per_s: float
     guard_trips: int
+    runs: dict[str, list[float]] = field(default_factory=dict)  # every repeat's rate, per measurement
+    action_mode: str = "n/a"  # an arm family's "ee" (IK per step) or "joint" (reach vs reach_joint, ...)
 
     @property
     def ratio(self) -> float:
@@ -149,19 +153,21 @@ def measure(seconds: float, repeats: int, only: str | None = None) -> list[Row]:
             bare_runs.append(env_rate(family, model, seconds, seed=r, guard=False)[0])
             raw_runs.append(raw_rate(model, seconds))
         rows.append(Row(family, model.name, model.kind, substeps, statistics.median(env_runs),
-                        statistics.median(bare_runs), statistics.median(raw_runs), trips))
+                        statistics.median(bare_runs), statistics.median(raw_runs), trips,
+                        {"env": env_runs, "without_guard": bare_runs, "raw": raw_runs},
+                        action_mode=getattr(fleet.get_family(family), "action_mode", "n/a")))
         print(f"  measured {family} on {model.name}", file=sys.stderr, flush=True)
     return rows
 
 
 def table(rows: list[Row]) -> str:
-    lines = ["| family | robot | kind | substeps | env steps/s (guard on) | without guard | raw stepSimulation/s | "
-             "ratio | physics ratio | guard trips | arm target >= 0.5x |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = ["| family | robot | kind | action | substeps | env steps/s (guard on) | without guard | "
+             "raw stepSimulation/s | ratio | physics ratio | guard trips | arm target >= 0.5x |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         target = ("yes" if r.ratio >= ARM_TARGET else "no") if r.kind == "arm" else "n/a"
-        lines.append(f"| {r.family} | {r.robot} | {r.kind} | {r.substeps} | {r.env_steps_per_s:,.0f} | "
-                     f"{r.unguarded_steps_per_s:,.0f} | "
+        lines.append(f"| {r.family} | {r.robot} | {r.kind} | {r.action_mode} | {r.substeps} | "
+                     f"{r.env_steps_per_s:,.0f} | {r.unguarded_steps_per_s:,.0f} | "
                      f"{r.raw_steps_per_s:,.0f} | {r.ratio:.2f} | {r.physics_ratio:.2f} | {r.guard_trips} | {target} |")
     return "\n".join(lines)
 
@@ -172,8 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved env/raw measurements per pair")
     parser.add_argument("--only", help="one family or robot model")
     parser.add_argument("--quick", action="store_true", help="0.3 s, 1 repeat (smoke test)")
-    parser.add_argument("--json", dest="json_out", help="write the results here")
+    parser.add_argument("--json", dest="json_out", help="where to write the raw JSON (default: results/envs.json; "
+                        "--quick writes only with --json)")
+    prov = provenance.start("envs.py", argv)
     args = parser.parse_args(argv)
+    json_out = args.json_out or (None if args.quick else provenance.default_path("envs"))
     seconds, repeats = (0.3, 1) if args.quick else (args.seconds, args.repeats)
     load_before = os.getloadavg()
     rows = measure(seconds, repeats, args.only)
@@ -181,11 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     print(f"\none core, {seconds:g} s x {repeats} per measurement (median); load average {load_before[0]:.2f} -> "
           f"{load_after[0]:.2f}; python {platform.python_version()}")
-    if args.json_out:
+    if json_out:
         data = {"rows": [{**asdict(r), "ratio": r.ratio, "physics_ratio": r.physics_ratio} for r in rows],
                 "seconds": seconds, "repeats": repeats, "load_average": [load_before[0], load_after[0]]}
-        with open(args.json_out, "w") as f:
-            json.dump(data, f, indent=2)
+        provenance.write(json_out, data, prov)
     return 0
 
 

@@ -22,6 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from benchmarks import provenance
 from learner.config import load_config
 from learner.evaluation import stderr
 from learner.trainer import train
@@ -120,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config override for every run (e.g. train.eval_tasks=10)")
     parser.add_argument("--out", default=None, help="directory for learning.json / learning.md / learning.png")
+    parser.add_argument("--json", default=str(provenance.default_path("learning")),
+                        help="the raw JSON with provenance (default: results/learning.json)")
+    prov = provenance.start("learning.py", argv)
     args = parser.parse_args(argv)
     for family in args.families:  # fail before hours of training, not after
         for algorithm in args.algorithms:
@@ -139,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     text = table(results)
     print(f"held-out tasks, seeds {args.seeds}, {args.iterations} iterations; mean ± stderr over tasks x seeds\n"
           + text)
+    provenance.write(args.json, {"seeds": args.seeds, "iterations": args.iterations, "overrides": args.overrides,
+                                 "runs": results}, prov)
     if out:
         (out / "learning.md").write_text(text + "\n")
         figure(results, out / "learning.png")

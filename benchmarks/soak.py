@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import platform
 import random
@@ -45,9 +44,13 @@ from pathlib import Path
 
 import ray
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from benchmarks import provenance
+from learner.builder import env_spaces
 from learner.config import Config, load_config
 from learner.tracking import Tracker, check_tracking_uri, resolve_tracking_uri
-from learner.trainer import Trainer, env_spaces
+from learner.trainer import Trainer
 from policy import PolicyWeights
 from workers.batch import Batch, SampleRequest
 from workers.pool import WorkerPool
@@ -256,6 +259,7 @@ def run_phase(cfg: Config, seconds: float, kill_every: float | None, seed: int, 
         "sample_env_steps_per_s": acc.steps_received / max(acc.sample_seconds, 1e-9),
         "iteration_seconds_mean": sum(iteration_seconds) / max(len(iteration_seconds), 1),
         "iteration_seconds_max": max(iteration_seconds, default=0.0),
+        "iteration_seconds": [round(t, 3) for t in iteration_seconds],
         "sample_seconds": acc.sample_seconds, "learn_seconds": learn_seconds,
         "accounting": asdict(acc), "env_steps_lost": acc.steps_expected - acc.steps_received,
         "pool": {"restarts": ray_pool.restarts, "replacements": ray_pool.replacements,
@@ -317,8 +321,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: horizon 10, meta-batch 2, 2 episodes; 40 s soak, a kill every 10 s, "
                         "15 s baseline")
-    parser.add_argument("--json", default=None, metavar="OUT")
+    parser.add_argument("--json", default=None, metavar="OUT",
+                        help="where to write the raw JSON (default: results/soak.json; --quick: only with --json)")
+    prov = provenance.start("soak.py", argv)
     args = parser.parse_args(argv)
+    json_out = args.json or (None if args.quick else provenance.default_path("soak"))
     overrides = list(args.overrides)
     if args.quick:
         overrides = QUICK_OVERRIDES + overrides
@@ -343,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     problems = [*soak["accounting"]["errors"], *base["accounting"]["errors"]]
     for problem in problems:
         print(f"problem: {problem}", file=sys.stderr)
-    if args.json:
+    if json_out:
         data = {"config": {"config": args.config, "overrides": overrides, "minutes": args.minutes,
                            "kill_every_s": args.kill_every, "baseline_minutes": baseline_minutes, "seed": args.seed,
                            "num_workers": cfg.workers.num_workers, "tracking_uri": os.environ["MLFLOW_TRACKING_URI"]},
@@ -357,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
                             "iterations": soak["iterations"],
                             "throughput_ratio": soak["env_steps_per_s"] / base["env_steps_per_s"]},
                 "machine": {"nproc": os.cpu_count(), "python": platform.python_version(), "ray": ray.__version__}}
-        Path(args.json).write_text(json.dumps(data, indent=2))
+        provenance.write(json_out, data, prov)
     bad = (soak["env_steps_lost"] or base["env_steps_lost"] or soak["accounting"]["double_counted_batches"]
            or base["accounting"]["double_counted_batches"] or soak["accounting"]["bad_batches"]
            or base["accounting"]["bad_batches"])

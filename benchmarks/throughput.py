@@ -23,7 +23,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -31,10 +30,14 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
 import fleet
+from benchmarks import provenance
 from fleet.robots import RobotSpec
 from fleet.tasks import TaskDistribution
 from policy import NumpyGaussianPolicy, PolicySpec, PolicyWeights
@@ -328,23 +331,25 @@ def parse_config(argv: Sequence[str] | None) -> tuple[Config, str | None]:
     parser.add_argument("--horizon", type=int, default=Config.horizon, help="steps per episode")
     parser.add_argument("--requests", type=int, default=Config.requests, help="tasks per sample call")
     parser.add_argument("--repeats", type=int, default=Config.repeats, help="timed calls per mode")
-    parser.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
+    parser.add_argument("--json", metavar="OUT", help="where to write the raw JSON (default: results/throughput.json; "
+                        "--quick writes only with --json)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     args = parser.parse_args(argv)
     if args.quick:
         return QUICK, args.json
     if min(args.envs, args.horizon, args.requests, args.repeats) < 1:
         parser.error("--envs, --horizon, --requests and --repeats must be >= 1")
-    return Config(args.envs, args.horizon, args.requests, args.repeats), args.json
+    cfg = Config(args.envs, args.horizon, args.requests, args.repeats)
+    return cfg, args.json or provenance.default_path("throughput")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    prov = provenance.start("throughput.py", argv)
     cfg, json_path = parse_config(argv)
     data = measure(cfg)
     print(render(data))
     if json_path:
-        with open(json_path, "w") as f:
-            json.dump(data, f, indent=2)
+        provenance.write(json_path, data, prov)
     return 0
 
 

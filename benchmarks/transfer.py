@@ -21,6 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from benchmarks import provenance
 from learner.config import load_config
 from learner.multitask_eval import TaskEvalResult, transfer, transfer_metrics
 from learner.trainer import train
@@ -71,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="local", choices=["ray", "local"])
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", default=None, help="directory for transfer.json / transfer.md")
+    parser.add_argument("--json", default=str(provenance.default_path("transfer")),
+                        help="the raw JSON with provenance (default: results/transfer.json)")
+    prov = provenance.start("transfer.py", argv)
     args = parser.parse_args(argv)
     for variant in ["single", *args.variants]:  # every config must validate before hours of training
         load_config(config_of(variant), [*VARIANTS.get(variant, []), *args.overrides])
@@ -81,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     text = table(results.pop("single"), results)
     print(f"10 reach training goals, seed {args.seed}, {args.iterations} iterations, "
           f"{runs[0]['env_steps']:,} env steps per policy\n{text}")
+    provenance.write(args.json, {"seed": args.seed, "iterations": args.iterations, "runs": runs}, prov)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

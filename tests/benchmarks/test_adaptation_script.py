@@ -25,6 +25,10 @@ def test_quick_run_checks_both_paths_and_writes_json(bench, tmp_path, capsys):
     for case in data["cases"]:
         assert case["max_abs_diff"] <= bench.TOLERANCE
         assert len(case["batched_s"]) == len(case["loop_s"]) == 1 and case["speedup"] > 0
+    prov = data["provenance"]  # where the figures came from, for benchmarks/report.py
+    assert prov["command"] == f"python benchmarks/adaptation.py --quick --json {out}"
+    assert prov["commit"] and prov["date"] and len(prov["load_average_start"]) == len(prov["load_average_end"]) == 3
+    assert prov["machine"]["cpu_count"] >= 1 and prov["machine"]["torch"]
 
 
 def test_paths_that_disagree_stop_the_benchmark(bench, monkeypatch):

@@ -1,0 +1,151 @@
+"""Gradient steps/s of each learner's update at the main jobs' sizes, and how long the learner blocks the workers.
+
+For each learner (``--learners``: MAML = ``configs/reach.yaml``, MT-PPO = ``configs/reach-mtppo.yaml``, PEARL =
+``configs/reach-pearl.yaml``) and each device (``cpu``, plus ``cuda`` when torch sees one), the job is built as
+``fleet train`` builds it (benchmarks/training_runs.py; the learner in this process on that device) and run for
+one untimed warm-up iteration plus ``--iterations`` timed ones, on real data from its own workers:
+
+- ``learn_seconds`` of an iteration is the learner's ``update()`` (what the trainer times): the workers wait
+  for new weights meanwhile. MAML's inner adaptation step between support and query runs inside collection,
+  so it counts as sampling time, not here.
+- gradient steps per update: ``ppo_epochs`` x task minibatches for the PPO-family learners (one outer Adam
+  step each: for MAML through the adapted parameters, second order as configured), ``gradient_steps`` for
+  PEARL (each a SAC + encoder step on ``tasks_per_step`` tasks). Steps/s = steps per update / learn_seconds.
+- blocked fraction = sum(learn_seconds) / sum(sample_seconds + learn_seconds): the share of the loop in which
+  no worker samples (the loop does not overlap learning with collection).
+
+A learner whose job cannot be built or run (PEARL while it is not wired into the builder and trainer) is
+listed as skipped with the error, and the others still run.
+
+Usage::
+
+    python benchmarks/learner_speed.py                          # -> results/learner-speed.json
+    python benchmarks/learner_speed.py --quick --json out.json  # tiny sizes, a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from benchmarks import provenance
+from benchmarks.training_runs import TrainingJob, gradient_steps_per_update
+
+LEARNERS = {"maml": "configs/reach.yaml", "mtppo": "configs/reach-mtppo.yaml", "pearl": "configs/reach-pearl.yaml"}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Sizes of one run (the CLI flags)."""
+
+    learners: tuple[str, ...] = ("maml", "mtppo", "pearl")
+    iterations: int = 3
+    devices: tuple[str, ...] | None = None  # None: cpu, plus cuda when torch sees one
+    overrides: tuple[str, ...] = ()
+
+
+QUICK = Config(iterations=1, overrides=("train.meta_batch_size=2", "train.episodes_per_task=2", "fleet.horizon=10",
+                                        "workers.num_workers=1", "learner.gradient_steps=5", "learner.batch_size=16",
+                                        "learner.context_size=10", "learner.tasks_per_step=2"))
+
+
+def devices(cfg: Config) -> list[str]:
+    import torch
+
+    return list(cfg.devices) if cfg.devices else ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+def measure_one(name: str, device: str, cfg: Config) -> dict:
+    """One learner on one device: per-iteration learn/sample seconds, gradient steps/s, blocked fraction."""
+    overrides = [f"learner.device={device}", "learner.placement=driver", *cfg.overrides]
+    with TrainingJob(LEARNERS[name], overrides, name) as job:
+        job.iterate()  # warm-up: first CUDA kernels, allocator, actors' env construction
+        its = [job.iterate() for _ in range(cfg.iterations)]
+        steps = gradient_steps_per_update(job.cfg)
+        job_cfg = job.cfg
+    learn = [i.learn_seconds for i in its]
+    sample = [i.sample_seconds for i in its]
+    return {"learner": name, "device": device, "config": LEARNERS[name],
+            "workers": f"{job_cfg.workers.backend} x {job_cfg.workers.num_workers}",
+            "meta_batch": job_cfg.train.meta_batch_size, "env_steps_per_iteration": its[0].env_steps,
+            "gradient_steps_per_update": steps, "learn_seconds": learn, "sample_seconds": sample,
+            "gradient_steps_per_s": steps / statistics.median(learn),
+            "blocked_fraction": sum(learn) / (sum(learn) + sum(sample)),
+            "iterations": [i.to_dict() for i in its]}
+
+
+def measure(cfg: Config) -> dict:
+    import ray
+    import torch
+
+    rows, skipped = [], []
+    try:
+        for device in devices(cfg):
+            for name in cfg.learners:
+                log(f"{name} on {device}")
+                try:
+                    rows.append(measure_one(name, device, cfg))
+                except Exception as exc:  # a learner not wired in yet must not lose the others' figures
+                    log(f"skipping {name} on {device}: {exc!r}")
+                    skipped.append({"learner": name, "device": device, "error": repr(exc)[:500]})
+    finally:
+        ray.shutdown()
+    return {"config": asdict(cfg), "torch_threads": torch.get_num_threads(), "rows": rows, "skipped": skipped}
+
+
+def render(data: dict) -> str:
+    lines = ["| learner | device | workers | meta-batch | steps per update | update s (each) | gradient steps/s "
+             "| blocked fraction |", "|---|---|---|---:|---:|---|---:|---:|"]
+    for r in data["rows"]:
+        each = " / ".join(f"{s:.2f}" for s in r["learn_seconds"])
+        lines.append(f"| {r['learner']} | {r['device']} | {r['workers']} | {r['meta_batch']} "
+                     f"| {r['gradient_steps_per_update']} | {each} | {r['gradient_steps_per_s']:.1f} "
+                     f"| {r['blocked_fraction']:.2f} |")
+    lines += [f"skipped {s['learner']} on {s['device']}: {s['error']}" for s in data["skipped"]]
+    lines.append(f"torch CPU threads: {data['torch_threads']}")
+    return "\n".join(lines)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def parse_config(argv: Sequence[str] | None) -> tuple[Config, str | None]:
+    d = Config()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--learners", nargs="+", choices=list(LEARNERS), default=list(d.learners))
+    parser.add_argument("--iterations", type=int, default=d.iterations, help="timed iterations per learner")
+    parser.add_argument("--devices", nargs="+", choices=["cpu", "cuda"], help="default: cpu, and cuda if present")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every learner's job, as `fleet train --set` (repeatable)")
+    parser.add_argument("--json", metavar="OUT", help="raw JSON path (default results/learner-speed.json; "
+                        "--quick writes only with --json)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    args = parser.parse_args(argv)
+    if args.iterations < 1:
+        parser.error(f"--iterations must be >= 1, got {args.iterations}")
+    base = QUICK if args.quick else d
+    cfg = replace(base, learners=tuple(args.learners), devices=tuple(args.devices) if args.devices else None,
+                  iterations=args.iterations if args.iterations != d.iterations else base.iterations,
+                  overrides=(*base.overrides, *args.overrides))
+    return cfg, args.json or (None if args.quick else str(provenance.default_path("learner-speed")))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    prov = provenance.start("learner_speed.py", argv)
+    cfg, json_path = parse_config(argv)
+    data = measure(cfg)
+    print(render(data))
+    if json_path:
+        provenance.write(json_path, data, prov)
+    return 0 if data["rows"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -94,13 +94,13 @@ class WorkersConfig(_Strict):
     num_workers: int = Field(2, ge=1, le=1024, description="rollout workers (1 CPU each under Ray)")
 
 
-ALGORITHMS = ("maml", "reptile", "metasgd", "rl2", "mtppo", "single_task")
+ALGORITHMS = ("maml", "reptile", "metasgd", "rl2", "pearl", "mtppo", "single_task")
 MULTI_TASK = ("mtppo", "single_task")
 
 
 class LearnerConfig(_Strict):
-    algorithm: Literal["maml", "reptile", "metasgd", "rl2", "mtppo", "single_task"] = Field(
-        "maml", description="maml | reptile | metasgd | rl2 (meta-learners); mtppo | single_task (multi-task "
+    algorithm: Literal["maml", "reptile", "metasgd", "rl2", "pearl", "mtppo", "single_task"] = Field(
+        "maml", description="maml | reptile | metasgd | rl2 | pearl (meta-learners); mtppo | single_task (multi-task "
         "baselines: one shared policy / one independent network per training task)")
     first_order: bool = Field(False, description="MAML/Meta-SGD: drop second-order terms (FO-MAML)")
     inner_lr: float = Field(0.1, gt=0, description="adaptation step size alpha")
@@ -138,6 +138,21 @@ class LearnerConfig(_Strict):
                                 "to Adam as a pseudo-gradient scale")
     rl2_hidden: int = Field(64, ge=1, description="RL^2: GRU hidden size")
     trial_episodes: int = Field(2, ge=1, description="RL^2: episodes per trial sharing one hidden state")
+    # ---- PEARL (off-policy: SAC on [obs, z], z inferred from context; hidden_sizes sizes every network)
+    latent_dim: int = Field(5, ge=1, description="PEARL: size of the task latent z")
+    sac_lr: float = Field(3e-4, gt=0, description="PEARL: Adam step size of actor, critics, encoder and alpha")
+    tau: float = Field(0.005, gt=0, le=1, description="PEARL: Polyak rate of the target critics")
+    reward_scale: float = Field(5.0, gt=0, description="PEARL: reward multiplier in the TD target")
+    kl_lambda: float = Field(0.1, ge=0, description="PEARL: weight of KL(q(z|c) || N(0, I)) in the encoder loss")
+    batch_size: int = Field(256, ge=1, description="PEARL: replay transitions per task per gradient step")
+    context_size: int = Field(100, ge=1, description="PEARL: context transitions per task the encoder reads")
+    tasks_per_step: int = Field(8, ge=1, description="PEARL: tasks per gradient step (one batched forward)")
+    gradient_steps: int = Field(200, ge=1, description="PEARL: SAC + encoder gradient steps per update()")
+    prior_episodes: int = Field(1, ge=1, description="PEARL: episodes per task with z from the prior, per "
+                                "iteration (they become the task's context)")
+    posterior_episodes: int = Field(1, ge=0, description="PEARL: episodes per task with z from the posterior "
+                                    "(replay only), per iteration")
+    buffer_size: int = Field(5000, ge=1, description="PEARL: replay capacity per task (transitions)")
 
 
     @model_validator(mode="after")
@@ -147,6 +162,9 @@ class LearnerConfig(_Strict):
                              f"(got algorithm {self.algorithm!r}); meta-learners infer the task from reward")
         if self.pcgrad and self.algorithm != "mtppo":
             raise ValueError(f"pcgrad applies to algorithm 'mtppo' only, got {self.algorithm!r}")
+        if self.algorithm == "pearl" and self.context_size > self.buffer_size:
+            raise ValueError(f"pearl: context_size ({self.context_size}) cannot exceed buffer_size "
+                             f"({self.buffer_size}), the transitions a task keeps")
         if self.algorithm == "rl2" and self.trial_episodes < 2:
             raise ValueError("rl2 needs trial_episodes >= 2: the hidden state must carry across episodes")
         for key, weight in self.task_weights.items():
@@ -166,6 +184,8 @@ class TrainConfig(_Strict):
     eval_steps: tuple[int, ...] = Field((0, 1, 2, 3), min_length=1, description="adaptation steps to report")
     checkpoint_every: int = Field(5, ge=1, description="checkpoint every K iterations")
     keep_checkpoints: int = Field(3, ge=1, description="newest checkpoints kept on disk")
+    overlap: bool = Field(False, description="collect the next iteration's first phase while the learner updates "
+                          "(acting one policy version behind; not across a checkpoint, evaluation or stop)")
 
     @field_validator("eval_steps")
     @classmethod

@@ -1,7 +1,8 @@
 """metafleet's policy package: what a robot carries. Imports numpy and safetensors only.
 
 - `policy.spec`: `PolicySpec` (a network's shape, every kind's array layout) and `PolicyWeights`.
-- `policy.mlp`, `policy.gru`: the numpy policies (Gaussian MLP, plain or task-conditioned; RL^2 GRU).
+- `policy.mlp`, `policy.gru`, `policy.sac`: the numpy policies (Gaussian MLP, plain or task-conditioned; RL^2 GRU;
+  PEARL's z-conditioned tanh-Gaussian actor). `policy.context`: PEARL's context encoder (task inference).
 - `policy.factory.make_policy`: the numpy policy for a spec's kind.
 - `policy.artifact`: the artifact format (safetensors weights + JSON manifest), verified on load.
 
@@ -13,9 +14,11 @@ Workers, the learner and the robot runtime all use this package; it imports noth
 """
 
 from policy.artifact import ArtifactError, PolicyArtifact
+from policy.context import ContextEncoder
 from policy.factory import make_policy
 from policy.gru import NumpyRecurrentPolicy
 from policy.mlp import NumpyGaussianPolicy
+from policy.sac import NumpySACPolicy
 from policy.spec import INPUT_CLIP, LOG_2PI, OBS_CLIP, PolicySpec, PolicyWeights, gru_shapes, input_dim
 
 __all__ = [
@@ -23,8 +26,10 @@ __all__ = [
     "LOG_2PI",
     "OBS_CLIP",
     "ArtifactError",
+    "ContextEncoder",
     "NumpyGaussianPolicy",
     "NumpyRecurrentPolicy",
+    "NumpySACPolicy",
     "PolicyArtifact",
     "PolicySpec",
     "PolicyWeights",

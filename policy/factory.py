@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from policy.gru import NumpyRecurrentPolicy
 from policy.mlp import NumpyGaussianPolicy
+from policy.sac import NumpySACPolicy
 from policy.spec import PolicyWeights
 
 
-def make_policy(weights: PolicyWeights) -> NumpyGaussianPolicy | NumpyRecurrentPolicy:
-    """The numpy policy for `weights.spec.kind`: feed-forward Gaussian MLP or recurrent (RL^2) GRU."""
+def make_policy(weights: PolicyWeights) -> NumpyGaussianPolicy | NumpyRecurrentPolicy | NumpySACPolicy:
+    """The numpy policy for `weights.spec.kind`: feed-forward Gaussian MLP, recurrent (RL^2) GRU or PEARL's
+    z-conditioned tanh-Gaussian actor (its context encoder: policy.context.ContextEncoder)."""
     if weights.spec.kind == "gru":
         return NumpyRecurrentPolicy(weights)
+    if weights.spec.kind == "sac":
+        return NumpySACPolicy(weights)
     return NumpyGaussianPolicy(weights)

@@ -23,7 +23,7 @@ class PolicySpec:
     act_dim: int
     hidden_sizes: tuple[int, ...] = (64, 64)
     activation: str = "tanh"
-    kind: str = "mlp"  # "mlp" (feed-forward) or "gru" (recurrent, RL^2)
+    kind: str = "mlp"  # "mlp" (feed-forward), "gru" (recurrent, RL^2) or "sac" (PEARL: tanh-Gaussian + encoder)
     conditioning: str = "none"  # how a task context enters an mlp: see CONDITIONING
     context_dim: int = 0  # length of the task context vector (0 = no context)
     num_heads: int = 1  # output heads (conditioning="multihead": one per training task)
@@ -40,6 +40,9 @@ class PolicySpec:
         if (self.conditioning == "none") != (self.context_dim == 0):
             raise ValueError(f"conditioning {self.conditioning!r} needs context_dim > 0 exactly when it is "
                              f"not 'none', got context_dim={self.context_dim}")
+        if self.kind == "sac" and self.conditioning != "concat":
+            raise ValueError(f"a 'sac' (PEARL) policy takes its latent z concatenated to the observation: it needs "
+                             f"conditioning='concat' and context_dim = latent size, got {self.conditioning!r}")
         if self.num_heads < 1 or (self.num_heads > 1 and self.conditioning != "multihead"):
             raise ValueError(f"num_heads > 1 only with conditioning='multihead', got {self.num_heads}")
         if self.conditioning == "multihead" and self.num_heads != self.context_dim:
@@ -81,6 +84,8 @@ class PolicySpec:
         conditioning mode adds its own (concat only widens `hidden.0.weight`)."""
         if self.kind == "gru":
             return gru_shapes(self)
+        if self.kind == "sac":
+            return sac_shapes(self)
         c, sizes = self.context_dim, [self.obs_dim, *self.hidden_sizes]
         shapes: dict[str, tuple[int, ...]] = {"obs_mean": (self.obs_dim,), "obs_std": (self.obs_dim,)}
         for i, (a, b) in enumerate(itertools.pairwise(sizes)):
@@ -100,7 +105,7 @@ class PolicySpec:
         return shapes
 
 
-KINDS = ("mlp", "gru")
+KINDS = ("mlp", "gru", "sac")
 CONDITIONING = ("none", "concat", "additive", "multihead", "film")
 ACTIVATIONS = {"tanh": np.tanh, "relu": lambda x: np.maximum(x, 0.0)}
 
@@ -137,3 +142,28 @@ def gru_shapes(spec: PolicySpec) -> dict[str, tuple[int, ...]]:
 def input_dim(spec: PolicySpec) -> int:
     """Width of one GRU input: observation, previous action, previous reward, done flag."""
     return spec.obs_dim + spec.act_dim + 2
+
+
+def sac_shapes(spec: PolicySpec) -> dict[str, tuple[int, ...]]:
+    """Array name -> shape of a PEARL policy (`spec.kind == "sac"`): a tanh-Gaussian actor on
+    [normalised obs, z] (mean and log-std heads) and the context encoder that infers z, both with
+    `hidden_sizes`. The encoder reads one transition [normalised obs, action, reward, normalised next obs]
+    (the reward is a function of the next state, so next obs makes the goal easy to read) and outputs a
+    Gaussian factor (mean, pre-softplus variance) over the `context_dim` latent (policy.context)."""
+    d, a, z = spec.obs_dim, spec.act_dim, spec.context_dim
+    shapes: dict[str, tuple[int, ...]] = {"obs_mean": (d,), "obs_std": (d,)}
+    for prefix, fan_in, out in (("", d + z, None), ("encoder.", encoder_input_dim(spec), 2 * z)):
+        sizes = [fan_in, *spec.hidden_sizes]
+        for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+            shapes[f"{prefix}hidden.{i}.weight"], shapes[f"{prefix}hidden.{i}.bias"] = (n_out, n_in), (n_out,)
+        if out is None:
+            shapes["mean_head.weight"], shapes["mean_head.bias"] = (a, sizes[-1]), (a,)
+            shapes["log_std_head.weight"], shapes["log_std_head.bias"] = (a, sizes[-1]), (a,)
+        else:
+            shapes["encoder.out.weight"], shapes["encoder.out.bias"] = (out, sizes[-1]), (out,)
+    return shapes
+
+
+def encoder_input_dim(spec: PolicySpec) -> int:
+    """Width of one context transition entering a PEARL encoder: observation, action, reward, next observation."""
+    return 2 * spec.obs_dim + spec.act_dim + 1

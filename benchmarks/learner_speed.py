@@ -88,11 +88,11 @@ def measure(cfg: Config) -> dict:
     try:
         for device in devices(cfg):
             for name in cfg.learners:
-                log(f"{name} on {device}")
+                provenance.log(f"{name} on {device}")
                 try:
                     rows.append(measure_one(name, device, cfg))
                 except Exception as exc:  # a learner not wired in yet must not lose the others' figures
-                    log(f"skipping {name} on {device}: {exc!r}")
+                    provenance.log(f"skipping {name} on {device}: {exc!r}")
                     skipped.append({"learner": name, "device": device, "error": repr(exc)[:500]})
     finally:
         ray.shutdown()
@@ -112,21 +112,13 @@ def render(data: dict) -> str:
     return "\n".join(lines)
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def parse_config(argv: Sequence[str] | None) -> tuple[Config, str | None]:
     d = Config()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--learners", nargs="+", choices=list(LEARNERS), default=list(d.learners))
     parser.add_argument("--iterations", type=int, default=d.iterations, help="timed iterations per learner")
     parser.add_argument("--devices", nargs="+", choices=["cpu", "cuda"], help="default: cpu, and cuda if present")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override for every learner's job, as `fleet train --set` (repeatable)")
-    parser.add_argument("--json", metavar="OUT", help="raw JSON path (default results/learner-speed.json; "
-                        "--quick writes only with --json)")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    provenance.add_job_args(parser, "learner-speed")
     args = parser.parse_args(argv)
     if args.iterations < 1:
         parser.error(f"--iterations must be >= 1, got {args.iterations}")
@@ -138,12 +130,7 @@ def parse_config(argv: Sequence[str] | None) -> tuple[Config, str | None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    prov = provenance.start("learner_speed.py", argv)
-    cfg, json_path = parse_config(argv)
-    data = measure(cfg)
-    print(render(data))
-    if json_path:
-        provenance.write(json_path, data, prov)
+    data = provenance.run("learner_speed.py", argv, parse_config, measure, render)
     return 0 if data["rows"] else 1
 
 

@@ -89,3 +89,29 @@ def write(path: str | Path, data: dict, prov: dict) -> Path:
 def default_path(name: str) -> Path:
     """``results/<name>.json`` in this repository."""
     return RESULTS / f"{name}.json"
+
+
+def run(script: str, argv, parse_config, measure, render) -> dict:
+    """A benchmark's `main`: parse (-> config, JSON path or None), measure, print the rendered table, write the
+    raw JSON with provenance when a path is given; returns the measured data."""
+    prov = start(script, argv)
+    cfg, json_path = parse_config(argv)
+    data = measure(cfg)
+    print(render(data))
+    if json_path:
+        write(json_path, data, prov)
+    return data
+
+
+def log(message: str) -> None:
+    """Progress for the reader of a long benchmark, on stderr (stdout holds the table)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def add_job_args(parser, name: str) -> None:
+    """The flags of a benchmark that runs training jobs: --set overrides, --json OUT, --quick."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every job, as `fleet train --set` (repeatable)")
+    parser.add_argument("--json", metavar="OUT", help=f"raw JSON path (default results/{name}.json; --quick "
+                        "writes only with --json)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")

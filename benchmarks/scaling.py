@@ -81,7 +81,7 @@ def workers_sweep(cfg: Config) -> dict:
     counts = [k for k in cfg.workers if k <= usable]
     skipped = [k for k in cfg.workers if k > usable]
     if skipped:
-        log(f"skipping {skipped} workers: this machine has {usable} usable cores")
+        provenance.log(f"skipping {skipped} workers: this machine has {usable} usable cores")
     init_ray(num_cpus=sum(counts))  # idle jobs hold their actors; only one job samples at a time
     jobs: dict[int, TrainingJob] = {}
     try:
@@ -92,7 +92,7 @@ def workers_sweep(cfg: Config) -> dict:
         for r in range(cfg.rounds):
             for k in counts[r % len(counts):] + counts[: r % len(counts)]:
                 per_round[k].append(rate([jobs[k].iterate() for _ in range(cfg.iterations)]))
-                log(f"round {r + 1}, {k} worker(s): {per_round[k][-1]['steps_per_s']:,.0f} env steps/s")
+                provenance.log(f"round {r + 1}, {k} worker(s): {per_round[k][-1]['steps_per_s']:,.0f} env steps/s")
     finally:
         for j in jobs.values():
             j.close()
@@ -134,7 +134,7 @@ def nodes_and_loss(cfg: Config) -> dict:
         with job(cfg, total) as j:
             j.iterate()  # warm-up
             before = [j.iterate() for _ in range(cfg.iterations)]
-            log(f"{cfg.nodes} nodes, {total} workers: {rate(before)['steps_per_s']:,.0f} env steps/s")
+            provenance.log(f"{cfg.nodes} nodes, {total} workers: {rate(before)['steps_per_s']:,.0f} env steps/s")
             delay = cfg.kill_after * statistics.fmean(i.seconds for i in before)
             killer = threading.Timer(delay, cluster.remove_node, args=(nodes[-1],))
             killer.start()
@@ -195,10 +195,6 @@ def render(data: dict) -> str:
     return "\n".join(lines)
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def parse_config(argv: Sequence[str] | None) -> tuple[Config, str | None]:
     d = Config()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -210,11 +206,7 @@ def parse_config(argv: Sequence[str] | None) -> tuple[Config, str | None]:
     parser.add_argument("--nodes", type=int, default=d.nodes, help="Ray worker nodes (>= 2)")
     parser.add_argument("--workers-per-node", type=int, default=d.workers_per_node)
     parser.add_argument("--kill-after", type=float, default=d.kill_after, help="fraction of an iteration")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, as `fleet train --set` (repeatable)")
-    parser.add_argument("--json", metavar="OUT", help="raw JSON path (default results/scaling.json; --quick "
-                        "writes only with --json)")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    provenance.add_job_args(parser, "scaling")
     args = parser.parse_args(argv)
     base = QUICK if args.quick else d
     given = {k: v for k, v in vars(args).items() if k not in ("json", "quick", "overrides")
@@ -229,12 +221,7 @@ def parse_config(argv: Sequence[str] | None) -> tuple[Config, str | None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    prov = provenance.start("scaling.py", argv)
-    cfg, json_path = parse_config(argv)
-    data = measure(cfg)
-    print(render(data))
-    if json_path:
-        provenance.write(json_path, data, prov)
+    provenance.run("scaling.py", argv, parse_config, measure, render)
     return 0
 
 

@@ -150,7 +150,7 @@ def run_phase(samplers: dict[str, Sampler], results: dict[str, ModeResult], cfg:
     warmup = make_requests(cfg, robot, 0)
     reference = None
     for name, sample in samplers.items():
-        log(f"warm-up {name}")
+        provenance.log(f"warm-up {name}")
         out = sample(warmup)
         if name.startswith("plain"):
             reference = out
@@ -166,7 +166,7 @@ def run_phase(samplers: dict[str, Sampler], results: dict[str, ModeResult], cfg:
             results[name].steps_per_s.append(steps / elapsed)
             if "seconds" in out[0]:
                 results[name].worker_seconds.append(float(sum(o["seconds"] for o in out)))
-            log(f"round {round_index} {name}: {steps} steps in {elapsed:.3f} s = {steps / elapsed:,.0f}/s")
+            provenance.log(f"round {round_index} {name}: {steps} steps in {elapsed:.3f} s = {steps / elapsed:,.0f}/s")
 
 
 def reference_rates(robot: RobotSpec, seconds: float) -> dict[str, float]:
@@ -212,7 +212,7 @@ def measure(cfg: Config) -> dict:
 
     load_start, cpu_start = os.getloadavg(), cpu_times()
     robot = RobotSpec(robot_id="kuka-0")
-    log("single-core reference loops")
+    provenance.log("single-core reference loops")
     reference = reference_rates(robot, cfg.reference_seconds)
     weights = make_weights(robot)
     results = {name: ModeResult(label, cores, baseline) for name, label, cores, baseline in (
@@ -321,10 +321,6 @@ def steal_note(machine: dict) -> str:
     return f", CPU steal {machine['cpu_steal_percent']:.0f}% over the run"
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def parse_config(argv: Sequence[str] | None) -> tuple[Config, str | None]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--envs", type=int, default=Config.envs, help="episodes per request")
@@ -344,12 +340,7 @@ def parse_config(argv: Sequence[str] | None) -> tuple[Config, str | None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    prov = provenance.start("throughput.py", argv)
-    cfg, json_path = parse_config(argv)
-    data = measure(cfg)
-    print(render(data))
-    if json_path:
-        provenance.write(json_path, data, prov)
+    provenance.run("throughput.py", argv, parse_config, measure, render)
     return 0
 
 

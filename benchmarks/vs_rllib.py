@@ -177,7 +177,7 @@ def start_systems(cfg: Config) -> dict:
     systems: dict = {}
     try:
         for name in cfg.systems:
-            log(f"starting {name}")
+            provenance.log(f"starting {name}")
             if name == "rllib":
                 systems[name] = RLlibPPO(cfg, reach_init_std())
             else:
@@ -186,7 +186,7 @@ def start_systems(cfg: Config) -> dict:
             if name != "rllib" and warm.env_steps != cfg.steps_per_iteration:
                 raise RuntimeError(f"{name} collected {warm.env_steps} env steps in an iteration, expected "
                                    f"{cfg.steps_per_iteration}")
-            log(f"warm-up {name}: {warm.env_steps} steps in {warm.seconds:.2f} s")
+            provenance.log(f"warm-up {name}: {warm.env_steps} steps in {warm.seconds:.2f} s")
     except BaseException:
         close_all(systems)
         raise
@@ -206,7 +206,7 @@ def close_all(systems: dict) -> None:
         try:
             system.close()
         except Exception as exc:  # keep closing the others
-            log(f"closing {name} failed: {exc!r}")
+            provenance.log(f"closing {name} failed: {exc!r}")
 
 
 def run_rounds(systems: dict, cfg: Config) -> dict[str, list[dict]]:
@@ -219,7 +219,7 @@ def run_rounds(systems: dict, cfg: Config) -> dict[str, list[dict]]:
             steps, seconds = sum(i.env_steps for i in its), sum(i.seconds for i in its)
             rounds[name].append({"steps_per_s": steps / seconds, "env_steps": steps, "seconds": seconds,
                                  "iterations": [i.to_dict() for i in its]})
-            log(f"round {r + 1} {name}: {steps} steps in {seconds:.2f} s = {steps / seconds:,.0f}/s")
+            provenance.log(f"round {r + 1} {name}: {steps} steps in {seconds:.2f} s = {steps / seconds:,.0f}/s")
     return rounds
 
 
@@ -280,10 +280,6 @@ def render(data: dict) -> str:
     return "\n".join(lines)
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def parse_config(argv: Sequence[str] | None) -> tuple[Config, str | None]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     d = Config()
@@ -311,19 +307,14 @@ def parse_config(argv: Sequence[str] | None) -> tuple[Config, str | None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    prov = provenance.start("vs_rllib.py", argv)
-    cfg, json_path = parse_config(argv)
-    if "rllib" in cfg.systems:
+    if "rllib" in parse_config(argv)[0].systems:
         try:
             import ray.rllib  # noqa: F401
         except ImportError as exc:
             print(f"vs_rllib.py: RLlib is not importable ({exc}); install the bench extra: pip install -e "
                   "\".[bench]\", or leave it out with --systems mtppo maml", file=sys.stderr)
             return 2
-    data = measure(cfg)
-    print(render(data))
-    if json_path:
-        provenance.write(json_path, data, prov)
+    provenance.run("vs_rllib.py", argv, parse_config, measure, render)
     return 0
 
 

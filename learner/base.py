@@ -93,9 +93,10 @@ class MetaLearner(Learner):
                 params, weights = self.adapt(batches, f"{version}/step{k + 1}", params=params)
 
     # ---- what each learner defines -------------------------------------------------------
-    @abc.abstractmethod
     def adapt_for_training(self, support: Sequence[Batch], version: str) -> list[PolicyWeights]:
-        """Per-task policies to collect query episodes with during meta-training."""
+        """Per-task policies to collect query episodes with during meta-training: `inner_steps` adaptation
+        steps on each task's support batch (a learner without adaptation returns theta for every task)."""
+        return self.adapt(support, version, steps=self.config.inner_steps)[1]
 
     @abc.abstractmethod
     def learn(self, support: Sequence[Batch], query: Sequence[Batch]) -> dict[str, float]:

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from learner.adaptation import Params, adapt_batched, batched, select
-from learner.base import MetaLearner
+from learner.adaptation import Params
+from learner.maml import MAML
 from learner.networks import GaussianMLPPolicy
 from policy import PolicySpec, PolicyWeights
 from workers.batch import Batch
@@ -61,7 +61,7 @@ class RatedPolicy(GaussianMLPPolicy):
                 self.inner_rates[name].copy_(torch.as_tensor(np.asarray(value)))
 
 
-class MetaSGD(MetaLearner):
+class MetaSGD(MAML):
     """MAML with learned per-parameter inner rates (`self.rates`), used by every adaptation."""
 
     algorithm = "metasgd"
@@ -78,23 +78,15 @@ class MetaSGD(MetaLearner):
     def rates(self) -> Params:
         return self.policy.inner_rates
 
-    def adapt_for_training(self, support: Sequence[Batch], version: str) -> list[PolicyWeights]:
-        return self.adapt(support, version, steps=self.config.inner_steps)[1]
-
     def inner_rates(self) -> Params:
         """`adapt` uses the learned rates instead of the scalar `inner_lr`."""
         return {k: v.detach() for k, v in self.rates.items()}
 
+    def inner_step_size(self) -> Params:
+        return self.rates  # phi_i(theta, alpha): the outer gradient reaches theta and alpha
+
     def learn(self, support: Sequence[Batch], query: Sequence[Batch]) -> dict[str, float]:
-        cfg = self.config
-        support_data, query_data = self.prepare(support), self.prepare(query)
-        for idx in self.minibatch_epochs(len(support)):
-            # phi_i(theta, alpha) is rebuilt every step: the outer gradient reaches theta and alpha.
-            adapted = adapt_batched(self.policy, self.params(), select(support_data, idx), self.rates,
-                                    cfg.inner_steps, cfg.first_order)
-            query_batch = select(query_data, idx)
-            losses, kls = batched(self.ppo_terms)(adapted, query_batch)
-            metrics = self.ppo_step(losses, kls, query_batch.get("task_weight"))
+        metrics = super().learn(support, query)
         flat = torch.cat([v.detach().reshape(-1) for v in self.rates.values()])
         return {**metrics, "inner_lr_mean": float(flat.mean()), "inner_lr_min": float(flat.min()),
                 "inner_lr_max": float(flat.max())}

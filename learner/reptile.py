@@ -24,7 +24,6 @@ import torch
 from learner.adaptation import adapt_batched
 from learner.base import MetaLearner
 from learner.networks import gaussian_entropy
-from policy import PolicyWeights
 from workers.batch import Batch
 
 
@@ -32,9 +31,6 @@ class Reptile(MetaLearner):
     """Reptile with PG inner steps (support, then query) and an Adam outer step."""
 
     algorithm = "reptile"
-
-    def adapt_for_training(self, support: Sequence[Batch], version: str) -> list[PolicyWeights]:
-        return self.adapt(support, version, steps=self.config.inner_steps)[1]
 
     def learn(self, support: Sequence[Batch], query: Sequence[Batch]) -> dict[str, float]:
         cfg = self.config

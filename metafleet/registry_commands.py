@@ -24,31 +24,31 @@ def add_parsers(sub) -> None:
     adapt.add_argument("--robot-id", help="registry id of the robot (default: from --robot)")
     adapt.add_argument("--task", action="append", default=[], metavar="KEY=VALUE",
                        help="task parameter, e.g. goal=[0.6,0.1,0.35] (default: first held-out task)")
-    adapt.add_argument("--episodes", type=int, default=10, help="support episodes per adaptation step")
     adapt.add_argument("--steps", type=int, default=1, help="adaptation (gradient) steps")
     adapt.add_argument("--seed", type=int, default=0)
-    adapt.add_argument("--json", action="store_true", help="print JSON")
-    add_plugin_args(adapt)
-
-    adapt.set_defaults(handler=cmd_adapt)
+    add_episode_args(adapt, "support episodes per adaptation step", cmd_adapt)
 
     promote = sub.add_parser("promote", help="move an alias to a version if it evaluates better (a gate)")
     promote.add_argument("model", help="registered model name")
     promote.add_argument("--version", required=True, help="candidate version")
     promote.add_argument("--alias", default="production", help="alias to move (default: production)")
     promote.add_argument("--force", action="store_true", help="move the alias whatever the evaluation says")
-    promote.add_argument("--episodes", type=int, default=10, help="episodes per held-out task")
     promote.add_argument("--tasks", type=int, default=10, help="held-out tasks")
-    promote.add_argument("--json", action="store_true", help="print JSON")
-    add_plugin_args(promote)
-
-    promote.set_defaults(handler=cmd_promote)
+    add_episode_args(promote, "episodes per held-out task", cmd_promote)
 
     pull = sub.add_parser("pull", help="download and verify a policy, then switch a directory to it atomically")
     pull.add_argument("model_uri", help="models:/NAME/VERSION, models:/NAME@ALIAS or runs:/ID/policy")
     pull.add_argument("--out", required=True, help="policy path (a symlink managed by fleet pull)")
     pull.add_argument("--json", action="store_true", help="print JSON")
     pull.set_defaults(handler=cmd_pull)
+
+
+def add_episode_args(parser, episodes_help: str, handler) -> None:
+    """What the commands that run a registered policy share: --episodes, --json, the plugin permissions."""
+    parser.add_argument("--episodes", type=int, default=10, help=episodes_help)
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    add_plugin_args(parser)
+    parser.set_defaults(handler=handler)
 
 
 def cmd_adapt(args) -> int:

@@ -76,6 +76,11 @@ class Collect:
 Plan = Generator[Collect, list[Batch], None]
 
 
+class LearnerFailure(RuntimeError):
+    """A learner's update or adaptation raised: the message names the algorithm, where (iteration or
+    evaluation), the tasks and their families, and the cause."""
+
+
 class Learner(abc.ABC):
     """What the loop, the evaluation and the builder need of any learner. See the module docstring."""
 

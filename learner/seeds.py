@@ -18,6 +18,8 @@ import numpy as np
 
 STREAMS: dict[str, int] = {"support": 1, "query": 2, "eval": 7, "trials": 11, "tasks": 11}
 ROUND_KEYED = frozenset({"eval"})  # evaluation streams whose seeds include the round (a fresh draw per round)
+# Base seeds of the evaluations, offset from the run seed so they never replay a training request.
+EVALUATIONS: dict[str, int] = {"held_out": 1_000_003, "train_tasks": 2_000_003}
 
 
 def derive_seed(*keys: int) -> int:
@@ -36,3 +38,10 @@ def eval_seed(seed: int, stream: str, round_: int, task_index: int) -> int:
     """An evaluation request's seed: keyed by round for ROUND_KEYED streams, else by task position only."""
     scope = (round_, task_index) if stream in ROUND_KEYED else (task_index,)
     return request_seed(seed, stream, *scope)
+
+
+def evaluation_seed(seed: int, evaluation: str) -> int:
+    """The base seed of one of the run's evaluations (`EVALUATIONS`): held-out tasks, or training tasks."""
+    if evaluation not in EVALUATIONS:
+        raise ValueError(f"unknown evaluation {evaluation!r}; expected one of {sorted(EVALUATIONS)}")
+    return seed + EVALUATIONS[evaluation]

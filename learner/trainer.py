@@ -2,6 +2,8 @@
 phase sampled on the pool with named seed streams) -> `learner.update()` -> metrics, tracking, checkpoint.
 The loop knows no learner's phases (learner/interface.py); the builder (learner/builder.py) makes the
 pool, learner and tracker; evaluation runs under one `EvalProtocol` (learner/evaluation.py).
+With `train.overlap`, the next iteration's first phase is collected during `update()` (`Trainer.may_prefetch`
+says when; metrics `staleness_versions_*` and `learner_blocked_fraction` show what it bought).
 
 >>> result = train(load_config("configs/reach.yaml"))
 >>> result.final_eval.table()
@@ -9,12 +11,16 @@ pool, learner and tracker; evaluation runs under one `EvalProtocol` (learner/eva
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from learner.builder import baseline_models, build, fleet_of, place_learner, task_distribution
@@ -29,12 +35,13 @@ from learner.evaluation import (
     final_report,
     phase_figures,
 )
-from learner.interface import Collect, Learner
+from learner.interface import Collect, Learner, LearnerFailure
 from learner.multitask_eval import TaskEvalResult, evaluate_tasks
 from learner.plots import adaptation_figure, per_task_figure
 from learner.progress import Progress
-from learner.sampling import Phase, drive, requests_for
-from learner.seeds import request_seed
+from learner.sampling import Opened, Phase, drive, open_plan, requests_for
+from learner.seeds import evaluation_seed, request_seed
+from learner.stopping import StopOnSignal, Stopped
 from learner.tracking import Tracker
 from policy import PolicySpec
 from workers.batch import SampleRequest
@@ -71,48 +78,120 @@ class Trainer:
         self.fleet = fleet_of(cfg)
         self.robot = self.fleet.train[0]
         self.iteration, self.env_steps, self.wall_seconds = 0, 0, 0.0
+        self.saved_iteration = 0  # the newest iteration this process checkpointed (or resumed from)
         self.checkpoint_dir = Path(cfg.tracking.checkpoint_dir) / tracker.run_id
         eval_tasks = tuple(self.tasks.tasks("test")[: cfg.train.eval_tasks])
         t = cfg.train
         # The method and its baselines under one protocol: held-out tasks on held-out robots when the fleet has them.
         self.protocol = EvalProtocol(eval_tasks, tuple(self.fleet.eval_robots(len(eval_tasks))), tuple(t.eval_steps),
-                                     t.eval_episodes, cfg.fleet.horizon, seed=t.seed + 1_000_003)
+                                     t.eval_episodes, cfg.fleet.horizon, seed=evaluation_seed(t.seed, "held_out"))
         self.guard_trips = 0
+        self.prefetched: tuple[list, Opened] | None = None  # next iteration's tasks and opened plan (overlap)
+        self.stop: StopOnSignal | None = None  # what `run` watches; `may_prefetch` too
         self.first_eval: EvalResult | None = None
         self.baselines: dict = {}  # name -> learner or PolicyWeights, evaluated next to the method at the end
 
     # ---- one meta-iteration ----------------------------------------------------------------
     def iterate(self) -> dict[str, float]:
-        cfg = self.cfg
-        started = time.perf_counter()
-        tasks = self.tasks.sample(cfg.train.meta_batch_size, "train")
-        phases = drive(self.learner.collect(tasks, self.iteration, cfg.train.episodes_per_task), self.pool,
-                       self.requests)
-        sampled = time.perf_counter()
-        metrics = self.learner.update()
+        """One meta-iteration. With `train.overlap`, the next iteration's first phase goes to the pool (with the
+        pre-update policy) before this one's `update()`, and this one starts from the phase the previous one
+        prefetched; every batch is counted once, in the iteration whose plan consumes it."""
+        clock = {"started": time.perf_counter(), "plan_seconds": 0.0}
+        tasks, opened = self.prefetched if self.prefetched is not None else (self.draw_tasks(), None)
+        self.prefetched = None
+        plan = opened.plan if opened else self.learner.collect(tasks, self.iteration, self.cfg.train.episodes_per_task)
+        phases = drive(plan, self.pool, self.requests, opened, clock)
+        clock["sampled"] = time.perf_counter()
         batches = [b for _, phase in phases for b in phase]
-        self.tasks.observe(batches)  # per-task results for the curriculum
-        done = time.perf_counter()
+        self.tasks.observe(batches)  # per-task results for the curriculum, before the next draw
+        stale = [self.iteration - opened.version] * len(phases[0][1]) if opened else []
+        if self.may_prefetch():
+            self.prefetched = self.prefetch()
+            clock["plan_seconds"] += self.prefetched[1].plan_seconds
+        clock["updating"] = time.perf_counter()
+        with self.failures(f"update at iteration {self.iteration}", tasks):
+            metrics = self.learner.update()
+        clock["learned"] = time.perf_counter()
+        clock["covered"] = self.prefetch_cover(clock["learned"] - clock["updating"])
+        clock["done"] = time.perf_counter()
         steps = sum(b.num_steps for b in batches)
-        trips = sum(int(b.stats.get("guard_trips", 0)) for b in batches)
         self.env_steps += steps
-        self.guard_trips += trips
-        self.wall_seconds += done - started
+        self.guard_trips += sum(int(b.stats.get("guard_trips", 0)) for b in batches)
+        self.wall_seconds += clock["done"] - clock["started"]
         self.iteration += 1
-        return {**metrics, **accounting(phases), "env_steps": self.env_steps, "guard_trips_total": self.guard_trips,
-                "env_steps_per_s": steps / max(sampled - started, 1e-9),
-                "sample_seconds": sampled - started, "learn_seconds": done - sampled}
+        staleness = stale + [0] * (len(batches) - len(stale))
+        return {**metrics, **accounting(phases), **timings(clock, steps), "env_steps": self.env_steps,
+                "guard_trips_total": self.guard_trips, "batches": float(len(batches)),
+                "staleness_versions_mean": float(np.mean(staleness)) if staleness else 0.0,
+                "staleness_versions_max": float(max(staleness, default=0))}
 
-    def requests(self, collect: Collect) -> list[SampleRequest]:
-        """A training phase's requests: task i on the fleet's robot for it this iteration, seed stream of the phase."""
-        seed, it = self.cfg.train.seed, self.iteration
+    def draw_tasks(self) -> list:
+        """The next iteration's training tasks (the sampler's draw counter moves on)."""
+        return self.tasks.sample(self.cfg.train.meta_batch_size, "train")
+
+    def may_prefetch(self) -> bool:
+        """Whether the next iteration's first phase is collected during this iteration's update: with
+        `train.overlap`, unless the run checkpoints, evaluates or ends after this iteration, or a stop was
+        requested. So no checkpoint and no evaluation ever has a prefetched phase in flight, and a run resumed
+        from a scheduled checkpoint continues exactly as the uninterrupted run did (tests/learner/test_overlap.py)."""
+        t, finished = self.cfg.train, self.iteration + 1
+        if not t.overlap or finished >= t.iterations or finished % t.checkpoint_every == 0:
+            return False
+        if t.eval_every and finished % t.eval_every == 0:
+            return False
+        return self.stop is None or self.stop.requested is None
+
+    def prefetch(self) -> tuple[list, Opened]:
+        """Draw the next iteration's tasks, open its plan and submit its first phase (current, pre-update weights)."""
+        tasks, it = self.draw_tasks(), self.iteration + 1
+        plan = self.learner.collect(tasks, it, self.cfg.train.episodes_per_task)
+        opened = open_plan(plan, self.pool, functools.partial(self.requests, iteration=it), version=self.iteration)
+        if opened is None:
+            raise RuntimeError(f"{self.cfg.learner.algorithm}: the plan of iteration {it} collects nothing")
+        return tasks, opened
+
+    def prefetch_cover(self, learn_seconds: float) -> float:
+        """Wait for the prefetched phase; how much of the update the workers spent collecting it. A pool that
+        runs in the background covers up to its busiest worker's sampling time; an in-process one, nothing."""
+        if self.prefetched is None:
+            return 0.0
+        opened = self.prefetched[1]
+        batches = opened.batches()  # served now, so a fault is handled inside this iteration
+        if not opened.pending.concurrent:
+            return 0.0
+        busy: dict[int, float] = {}
+        for batch in batches:
+            busy[batch.worker_id] = busy.get(batch.worker_id, 0.0) + float(batch.stats.get("sample_seconds", 0.0))
+        return min(learn_seconds, max(busy.values(), default=0.0))
+
+    def requests(self, collect: Collect, iteration: int | None = None) -> list[SampleRequest]:
+        """A training phase's requests: task i on the fleet's robot for it at `iteration` (default this one),
+        seed stream of the phase."""
+        seed, it = self.cfg.train.seed, self.iteration if iteration is None else iteration
         robots = [self.fleet.train_robot(task.task_id, seed, it) for task in collect.tasks]
         horizon = self.cfg.fleet.horizon
         return requests_for(collect, robots, horizon, lambda i: request_seed(seed, collect.stream, it, i))
 
     # ---- evaluation --------------------------------------------------------------------------
     def evaluate(self) -> EvalResult:
-        return evaluate(self.learner, self.pool, replace(self.protocol, version=f"eval{self.iteration}"))
+        with self.failures(f"held-out evaluation after iteration {self.iteration}", self.protocol.tasks):
+            return evaluate(self.learner, self.pool, replace(self.protocol, version=f"eval{self.iteration}"))
+
+    @contextlib.contextmanager
+    def failures(self, where: str, tasks) -> Iterator[None]:
+        """Re-raise a learner's numerical failure as `LearnerFailure` naming the algorithm, where it happened,
+        the tasks (and their families) and the cause; env failures and stops pass through unchanged."""
+        try:
+            yield
+        except (LearnerFailure, Stopped, KeyboardInterrupt):
+            raise
+        except (RuntimeError, ValueError, ArithmeticError) as exc:
+            if type(exc).__name__ in ("EnvFailure", "WorkerFailure"):
+                raise
+            families = sorted({task.family for task in tasks})
+            ids = ", ".join(task.task_id for task in list(tasks)[:4]) + (", ..." if len(tasks) > 4 else "")
+            raise LearnerFailure(f"{self.cfg.learner.algorithm} {where} failed on tasks of family "
+                                 f"{'+'.join(families)} ({ids}): {type(exc).__name__}: {exc}") from exc
 
     def evaluate_train_tasks(self) -> TaskEvalResult:
         """Each training task's return without adaptation (first `eval_tasks` of them): where a shared
@@ -120,7 +199,7 @@ class Trainer:
         t = self.cfg.train
         tasks = tuple(self.tasks.tasks("train")[: t.eval_tasks])
         protocol = EvalProtocol(tasks, (self.robot,) * len(tasks), (0,), t.eval_episodes, self.cfg.fleet.horizon,
-                                seed=t.seed + 2_000_003, version=f"taskeval{self.iteration}")
+                                seed=evaluation_seed(t.seed, "train_tasks"), version=f"taskeval{self.iteration}")
         return evaluate_tasks(self.learner, self.pool, protocol)
 
     def evaluate_baselines(self) -> dict[str, EvalResult]:
@@ -131,6 +210,9 @@ class Trainer:
 
     # ---- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        if self.prefetched is not None:  # `may_prefetch` keeps checkpoints off prefetched iterations
+            raise RuntimeError(f"iteration {self.iteration}'s first phase is in flight: a checkpoint now would lose "
+                               "it; finish the iteration (`iterate()`) first")
         return {"iteration": self.iteration, "env_steps": self.env_steps, "wall_seconds": self.wall_seconds,
                 "learner": self.learner.state_dict(), "tasks": self.tasks.get_state(),
                 "rng": rng_state(), "config": self.cfg.to_dict(), "guard_trips": self.guard_trips}
@@ -147,6 +229,7 @@ class Trainer:
             torch.set_rng_state(state["torch_rng"])
 
     def save(self) -> Path:
+        self.saved_iteration = self.iteration
         path = save_checkpoint(self.checkpoint_dir, self.iteration, self.state_dict(), self.cfg.train.keep_checkpoints)
         self.tracker.log_artifact(path, "checkpoints")
         return path
@@ -160,6 +243,7 @@ class Trainer:
         if found is None:
             return False
         self.load_state_dict(found.state)
+        self.saved_iteration = self.iteration
         skipped = "".join(f" (skipped unreadable {path}: {why})" for path, why in found.skipped)
         message = f"resumed from {found.path} at iteration {self.iteration}{skipped}"
         log.info(message)
@@ -168,14 +252,21 @@ class Trainer:
         return True
 
     # ---- the loop --------------------------------------------------------------------------
-    def run(self, out: Progress | None = None) -> TrainResult:
+    def run(self, out: Progress | None = None, stop: StopOnSignal | None = None) -> TrainResult:
+        """Train to `train.iterations`; with `stop`, a SIGINT/SIGTERM ends the run after the iteration in
+        progress (`stop_here`)."""
         cfg = self.cfg.train
         progress = out or Progress(cfg.iterations, start=self.iteration)
         if self.iteration == 0 and cfg.eval_every > 0:
             self.first_eval = self.evaluate()
             self.tracker.log_metrics(self.first_eval.metrics(), step=0)
             progress.line("held-out tasks before meta-training:\n" + self.first_eval.table())
+        self.stop = stop
         while self.iteration < cfg.iterations:
+            # A stop with a prefetched phase in flight finishes that iteration first (its batches are counted,
+            # never dropped); `may_prefetch` starts no further one.
+            if stop is not None and stop.requested is not None and self.prefetched is None:
+                self.stop_here(stop.requested)
             metrics = self.iterate()
             self.tracker.log_metrics(metrics, step=self.iteration)
             progress.update(self.iteration, progress_text(metrics))
@@ -183,6 +274,8 @@ class Trainer:
                 self.tracker.log_metrics(self.evaluate().metrics(), step=self.iteration)
             if self.iteration % cfg.checkpoint_every == 0 or self.iteration == cfg.iterations:
                 self.save()
+        if stop is not None and stop.requested is not None:
+            self.stop_here(stop.requested)
         final = self.evaluate()
         baselines = self.evaluate_baselines()
         self.tracker.log_metrics({**final.metrics(), **baseline_metrics(baselines)}, step=self.iteration)
@@ -198,11 +291,33 @@ class Trainer:
                            self.iteration, self.env_steps, self.wall_seconds, train_tasks=train_tasks)
 
 
+    def stop_here(self, signum: int) -> None:
+        """Checkpoint the last finished iteration, mark the MLflow run KILLED and raise `Stopped`."""
+        if self.iteration > self.saved_iteration:
+            self.save()
+        self.tracker.close("KILLED")
+        raise Stopped(f"stopped after iteration {self.iteration} of {self.cfg.train.iterations}", signum,
+                      self.tracker.run_id, self.iteration)
+
+
 def accounting(phases: list[Phase]) -> dict[str, float]:
     """Per-iteration figures from what was collected: each phase's return and success (by its label: MAML-style
     learners' pre_/post_return, pre_/post_success) and guard trips (steps dropped)."""
     trips = sum(int(b.stats.get("guard_trips", 0)) for _, batches in phases for b in batches)
     return {"guard_trips": float(trips), **phase_figures(phases)}
+
+
+def timings(clock: dict[str, float], steps: int) -> dict[str, float]:
+    """An iteration's time figures. `learner_blocked_fraction`: the share of the iteration the workers sat idle
+    waiting for the learner (its plan code between phases, and the part of `update()` no prefetched phase covered)."""
+    wall = max(clock["done"] - clock["started"], 1e-9)
+    update = clock["learned"] - clock["updating"]
+    return {"env_steps_per_s": steps / max(clock["sampled"] - clock["started"], 1e-9),
+            "sample_seconds": clock["sampled"] - clock["started"],
+            "prefetch_seconds": clock["updating"] - clock["sampled"],
+            "learn_seconds": update, "prefetch_wait_seconds": clock["done"] - clock["learned"],
+            "plan_seconds": clock["plan_seconds"], "iteration_seconds": wall,
+            "learner_blocked_fraction": (clock["plan_seconds"] + update - clock["covered"]) / wall}
 
 
 def progress_text(metrics: dict[str, float]) -> str:
@@ -217,12 +332,13 @@ def train(cfg: Config, resume_run_id: str | None = None, pool: WorkerPool | None
           progress: Progress | None = None) -> TrainResult:
     """Run (or resume) one training job; the MLflow run stays open (`result.tracker`) so the
     caller can register the policy into it, then close it."""
-    with build(cfg, resume_run_id, pool) as run:
+    # Signal handlers go in after the pool (and Ray) start, so ours replace Ray's (a SIGTERM stack dump).
+    with build(cfg, resume_run_id, pool) as run, StopOnSignal() as stop:
         trainer = Trainer(cfg, run.pool, run.tracker, run.spec, run.spaces, learner=run.learner)
         if resume_run_id is not None and not trainer.restore():
             log.warning("run %s has no checkpoint yet; starting from iteration 0", resume_run_id)
             run.tracker.mark_resumed(0)  # what the killed job logged stays; re-done steps are not logged twice
-        result = trainer.run(progress)
+        result = trainer.run(progress, stop)
         result.learner = result.learner.local()  # callers get a plain one
         result.tracker = run.tracker
     return result

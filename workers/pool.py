@@ -25,14 +25,63 @@ def split_evenly(count: int, parts: int) -> list[range]:
     return ranges
 
 
+class WorkerFailure(RuntimeError):
+    """A worker failed `failures` times in a row on the same requests: the pool gives up instead of looping.
+
+    Attributes: `worker_id`, `task_ids` (the requests of the failing call; `task_id` is the one that
+    raised, when the worker could tell), `cause` (the underlying exception), `failures`.
+    """
+
+    def __init__(self, worker_id: int, task_ids: list[str], cause: BaseException, failures: int,
+                 task_id: str | None = None):
+        self.worker_id, self.task_ids, self.cause, self.failures = worker_id, task_ids, cause, failures
+        self.task_id = task_id
+        request = f"request for task {task_id!r} (call with tasks {task_ids})" if task_id else f"tasks {task_ids}"
+        super().__init__(f"worker {worker_id} failed {failures} times in a row serving {request}: {cause!r}")
+
+
+class Pending(abc.ABC):
+    """Batches on their way (`WorkerPool.submit`): `result()` blocks until every request is served and
+    returns the batches in request order; calling it again returns the same list.
+
+    `concurrent`: whether the workers run while the caller does something else (a Ray pool), or the
+    batches were sampled inside `submit` (an in-process pool): the loop reports how long its learner kept
+    the workers idle from this."""
+
+    concurrent: bool = False
+
+    @abc.abstractmethod
+    def result(self) -> list[Batch]:
+        """Every request's batch, in request order (the pool's fault handling runs here)."""
+
+
+class Ready(Pending):
+    """Batches sampled already (in `submit`): an in-process pool has no workers to run in the background."""
+
+    def __init__(self, batches: list[Batch]):
+        self.batches = batches
+
+    def result(self) -> list[Batch]:
+        return self.batches
+
+
 class WorkerPool(abc.ABC):
-    """Turns a list of requests into a list of batches (same order)."""
+    """Turns a list of requests into a list of batches (same order).
+
+    `sample(requests, weights)` blocks; `submit(requests, weights)` hands back a `Pending` at once, so a
+    caller can learn while the workers collect (learner/trainer.py with `train.overlap`). The weights are
+    fixed at submit: what the learner does to its parameters afterwards does not reach those batches.
+    """
 
     num_workers: int
 
     @abc.abstractmethod
     def sample(self, requests: Sequence[SampleRequest], weights: dict[str, PolicyWeights]) -> list[Batch]:
         """Serve every request; `weights` maps each request's policy_version to its weights."""
+
+    def submit(self, requests: Sequence[SampleRequest], weights: dict[str, PolicyWeights]) -> Pending:
+        """Start serving `requests`; by default (in-process pools) they are served here, before it returns."""
+        return Ready(self.sample(requests, weights))
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release workers and their envs."""

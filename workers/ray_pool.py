@@ -13,28 +13,13 @@ import ray
 
 from policy import PolicyWeights
 from workers.batch import Batch, SampleRequest
-from workers.pool import WorkerPool, split_evenly
+from workers.pool import Pending, WorkerFailure, WorkerPool, split_evenly
 from workers.ray_connect import LOOPBACK, RayConnectError, init_ray, loopback_only  # noqa: F401 (re-exported)
 from workers.worker import EnvFactory, RolloutWorker
 
 log = logging.getLogger(__name__)
 RESTART_TIMEOUT_S = 60.0  # how long a dead actor may take to come back before the pool replaces it
 PING_RETRY_S = 0.05  # pause before pinging a restarting actor again after it answered "unavailable"
-
-
-class WorkerFailure(RuntimeError):
-    """A worker failed `failures` times in a row on the same requests: the pool gives up instead of looping.
-
-    Attributes: `worker_id`, `task_ids` (the requests of the failing call; `task_id` is the one that
-    raised, when the worker could tell), `cause` (the underlying exception), `failures`.
-    """
-
-    def __init__(self, worker_id: int, task_ids: list[str], cause: BaseException, failures: int,
-                 task_id: str | None = None):
-        self.worker_id, self.task_ids, self.cause, self.failures = worker_id, task_ids, cause, failures
-        self.task_id = task_id
-        request = f"request for task {task_id!r} (call with tasks {task_ids})" if task_id else f"tasks {task_ids}"
-        super().__init__(f"worker {worker_id} failed {failures} times in a row serving {request}: {cause!r}")
 
 
 @dataclass
@@ -58,6 +43,25 @@ class _Probe:
     ref: ray.ObjectRef | None = None  # the ping in flight; None until the next one is sent
     deadline: float | None = None  # replace the actor if it has not answered by then; None: wait
     retry_at: float = 0.0  # when to send the next ping
+
+
+class RayPending(Pending):
+    """One `RayWorkerPool.submit`: its calls in flight and the batches served so far (one slot per request).
+    `result()` runs the pool's fault handling until every request is served."""
+
+    concurrent = True
+
+    def __init__(self, pool: RayWorkerPool, requests: list[SampleRequest], issue):
+        self.pool, self.requests, self.issue = pool, requests, issue
+        self.results: list[Batch | None] = [None] * len(requests)
+        self.pending: dict[ray.ObjectRef, _Call] = {}
+        self.orphans: list[tuple[list[int], int]] = []  # (indices, failures) waiting for a live actor
+        self.batches: list[Batch] | None = None
+
+    def result(self) -> list[Batch]:
+        if self.batches is None:
+            self.batches = self.pool._finish(self)
+        return self.batches
 
 
 class RayWorkerPool(WorkerPool):
@@ -108,21 +112,30 @@ class RayWorkerPool(WorkerPool):
         ray.get([actor.ping.remote() for actor in self.actors])
 
     def sample(self, requests: Sequence[SampleRequest], weights: dict[str, PolicyWeights]) -> list[Batch]:
+        return self.submit(requests, weights).result()
+
+    def submit(self, requests: Sequence[SampleRequest], weights: dict[str, PolicyWeights]) -> RayPending:
+        """Put the weights and dispatch one call per live actor; returns at once. Faults are handled when the
+        caller asks for the `result()` (a death during the wait is seen then, and re-issued as in `sample`)."""
+        requests = list(requests)
         versions = sorted({r.policy_version for r in requests})
         refs = self._put(versions, weights)
         self.drain(timeout_s=0)
         self._poll_probes()
-        issue = functools.partial(self._issue, requests=requests, versions=versions, refs=refs)
-        results: list[Batch | None] = [None] * len(requests)
-        pending: dict[ray.ObjectRef, _Call] = {}
-        orphans: list[tuple[list[int], int]] = []  # (indices, failures) waiting for a live actor
+        job = RayPending(self, requests, functools.partial(self._issue, requests=requests, versions=versions,
+                                                           refs=refs))
         live = self.live_slots
         if live:  # fast path: one call per live actor
             for slot, idx in zip(live, split_evenly(len(requests), len(live))):
                 if len(idx):
-                    pending.update(issue(slot, list(idx), failures=0))
+                    job.pending.update(job.issue(slot, list(idx), failures=0))
         elif requests:
-            orphans.append((list(range(len(requests))), 0))
+            job.orphans.append((list(range(len(requests))), 0))
+        return job
+
+    def _finish(self, job: RayPending) -> list[Batch]:
+        """Wait for `job`'s calls; re-issue the requests of failed, dead or overdue ones until all are served."""
+        results, pending, orphans, issue = job.results, job.pending, job.orphans, job.issue
         while any(b is None for b in results):
             if orphans and self.live_slots:
                 for indices, failures in orphans:
@@ -130,10 +143,11 @@ class RayWorkerPool(WorkerPool):
                 orphans.clear()
             ready = self._wait(pending)
             for ref in [r for r in pending if r in ready]:
-                pending.update(self._collect(ref, pending.pop(ref), results, requests, issue, pending, orphans))
-            pending.update(self._kill_overdue(pending, requests, issue, orphans))
+                pending.update(self._collect(ref, pending.pop(ref), results, job.requests, issue, pending, orphans))
+            pending.update(self._kill_overdue(pending, job.requests, issue, orphans))
             self._poll_probes()
         self._stale.update(pending)  # every request is served: whatever still runs can only duplicate
+        pending.clear()
         self.drain(timeout_s=0)
         return results  # type: ignore[return-value]  # every slot is filled by now
 

@@ -5,6 +5,7 @@ degenerate entries trained end to end through `fleet train` (Trust item 8)."""
 from __future__ import annotations
 
 import pickle
+import re
 import textwrap
 
 import pytest
@@ -175,3 +176,32 @@ def test_plugin_with_degenerate_observation_trains_end_to_end(quat, mlflow_uri, 
     out = capsys.readouterr()
     assert code == 0, out.err[-2000:]
     assert "singular" not in out.err
+
+
+def test_a_plugin_env_failure_is_a_clear_cli_error_and_a_failed_run(quat, mlflow_uri, tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from metafleet.cli import main
+
+    (tmp_path / "boom_plugin.py").write_text(textwrap.dedent('''
+        from quat_plugin import Quat
+        class Boom(Quat):
+            def train_tasks(self):
+                return [{"goal": 0.1, "boom": "step"}]
+            def test_tasks(self):
+                return [{"goal": -0.5}]
+    '''))
+    config = CONFIG.replace('"quat_plugin:Quat"', '"boom_plugin:Boom"').replace("eval_every: 1", "eval_every: 0")
+    for key, value in (("num_train_tasks", 1), ("num_test_tasks", 1), ("meta_batch_size", 1), ("eval_tasks", 1)):
+        config = re.sub(rf"{key}: \d+", f"{key}: {value}", config)
+    (tmp_path / "boom.yaml").write_text(config)
+    code = main(["train", "boom.yaml"])
+    err = capsys.readouterr().err
+    assert code == 1, err[-2000:]
+    assert ("fleet: error: training failed (MLflow run marked FAILED): task family 'boom_plugin:Boom': env.step "
+            "raised on task 'boom_plugin:Boom/train/0'") in err
+    assert err.rstrip().endswith("ZeroDivisionError: step exploded")
+    assert "Traceback" not in err
+    client = MlflowClient(mlflow_uri, mlflow_uri)
+    [run] = client.search_runs([client.get_experiment_by_name("metafleet").experiment_id])
+    assert run.info.status == "FAILED"

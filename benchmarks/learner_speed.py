@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks import provenance
+from benchmarks import provenance, report
 from benchmarks.training_runs import TrainingJob, gradient_steps_per_update
 
 LEARNERS = {"maml": "configs/reach.yaml", "mtppo": "configs/reach-mtppo.yaml", "pearl": "configs/reach-pearl.yaml"}
@@ -100,16 +100,8 @@ def measure(cfg: Config) -> dict:
 
 
 def render(data: dict) -> str:
-    lines = ["| learner | device | workers | meta-batch | steps per update | update s (each) | gradient steps/s "
-             "| blocked fraction |", "|---|---|---|---:|---:|---|---:|---:|"]
-    for r in data["rows"]:
-        each = " / ".join(f"{s:.2f}" for s in r["learn_seconds"])
-        lines.append(f"| {r['learner']} | {r['device']} | {r['workers']} | {r['meta_batch']} "
-                     f"| {r['gradient_steps_per_update']} | {each} | {r['gradient_steps_per_s']:.1f} "
-                     f"| {r['blocked_fraction']:.2f} |")
-    lines += [f"skipped {s['learner']} on {s['device']}: {s['error']}" for s in data["skipped"]]
-    lines.append(f"torch CPU threads: {data['torch_threads']}")
-    return "\n".join(lines)
+    """The markdown table (the same as in the docs: benchmarks/report.py renders it)."""
+    return "\n".join(report.render_learner_speed(data))
 
 
 def parse_config(argv: Sequence[str] | None) -> tuple[Config, str | None]:

@@ -173,11 +173,68 @@ def render_deployment(data: dict) -> list[str]:
                     f"{lat['first_action']:.2f} ms, {lat['total']:.0f} ms in total."]
 
 
+def render_vs_rllib(data: dict) -> list[str]:
+    cfg, limit = data["config"], data["physics_limit"]
+    lines = [f"{cfg['steps_per_iteration']:,} env steps per iteration, {cfg['iterations']} iteration(s) per system "
+             f"per round, {cfg['rounds']} rounds, interleaved; learning included.", "",
+             "| system | each round (env steps/s) | mean | fraction of physics limit |", "|---|---|---:|---:|"]
+    for s in data["systems"].values():
+        each = " / ".join(f"{v:,.0f}" for v in s["steps_per_s"])
+        lines.append(f"| {s['label']} | {each} | {s['mean']:,.0f} | {s['fraction_of_physics_limit']:.2f} |")
+    lines.append("")
+    for key, ratio in sorted(data["ratios"].items()):
+        each = " / ".join(f"{v:.2f}" for v in ratio["per_round"])
+        lines.append(f"ratio {key}: {each} (mean {ratio['mean']:.2f})")
+    b, a = limit["before"], limit["after"]
+    lines.append(f"physics limit: raw stepSimulation {b['raw_step_simulation_per_s_per_core']:,.0f}/s before, "
+                 f"{a['raw_step_simulation_per_s_per_core']:,.0f}/s after (one core) / {b['substeps_per_env_step']} "
+                 f"substeps x {limit['rollout_processes']} rollout processes = {limit['env_steps_per_s']:,.0f} "
+                 "env steps/s")
+    return lines
+
+
+def render_scaling(data: dict) -> list[str]:
+    w, c = data["workers"], data["cluster"]
+    lines = ["| rollout workers | each round (env steps/s) | mean | sampling only | per worker |",
+             "|---:|---|---:|---:|---:|"]
+    for row in w["rows"].values():
+        each = " / ".join(f"{v:,.0f}" for v in row["steps_per_s"])
+        lines.append(f"| {row['workers']} | {each} | {row['mean']:,.0f} | {row['sample_mean']:,.0f} "
+                     f"| {row['per_worker']:.2f} |")
+    if w["skipped"]:
+        lines.append(f"\nnot run: {', '.join(map(str, w['skipped']))} workers (this machine has "
+                     f"{w['usable_cores']} usable cores)")
+    verdict = "within" if c["loss_within_share"] else "MORE than"
+    recovery = " / ".join(f"{i['steps_per_s']:,.0f}" for i in c["recovery_iterations"])
+    lines += ["", f"{c['nodes']} Ray nodes x {c['workers_per_node']} worker(s) on 127.0.0.1: "
+              f"{c['before']['steps_per_s']:,.0f} env steps/s; kill iteration (node removed "
+              f"{c['kill_after_s']:.1f} s in) {c['kill_iteration']['steps_per_s']:,.0f}/s; recovery "
+              f"{recovery}/s; after "
+              f"{c['after']['steps_per_s']:,.0f}/s",
+              f"node loss cost {c['loss']:.2f} of the rate, {verdict} the node's share {c['node_share']:.2f} "
+              f"(pool: {c['pool']})"]
+    return lines
+
+
+def render_learner_speed(data: dict) -> list[str]:
+    lines = ["| learner | device | workers | meta-batch | steps per update | update s (each) | gradient steps/s "
+             "| blocked fraction |", "|---|---|---|---:|---:|---|---:|---:|"]
+    for r in data["rows"]:
+        each = " / ".join(f"{s:.2f}" for s in r["learn_seconds"])
+        lines.append(f"| {r['learner']} | {r['device']} | {r['workers']} | {r['meta_batch']} "
+                     f"| {r['gradient_steps_per_update']} | {each} | {r['gradient_steps_per_s']:.1f} "
+                     f"| {r['blocked_fraction']:.2f} |")
+    lines += [f"skipped {s['learner']} on {s['device']}: {s['error']}" for s in data["skipped"]]
+    lines.append(f"torch CPU threads: {data['torch_threads']}")
+    return lines
+
+
 # A marker NAME reads results/NAME.json with the renderer named NAME or the part of NAME before a "-" (so
 # `adaptation-cuda` and `learning-algos` render like `adaptation` and `learning`).
 RENDERERS: dict[str, Callable[[dict], list[str]]] = {
     "throughput": render_throughput, "envs": render_envs, "adaptation": render_adaptation, "soak": render_soak,
-    "learning": render_learning, "deployment": render_deployment,
+    "learning": render_learning, "deployment": render_deployment, "vs-rllib": render_vs_rllib,
+    "scaling": render_scaling, "learner-speed": render_learner_speed,
 }
 
 

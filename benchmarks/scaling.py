@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks import provenance
+from benchmarks import provenance, report
 from benchmarks.training_runs import IterationFigures, TrainingJob
 
 
@@ -173,26 +173,8 @@ def measure(cfg: Config) -> dict:
 
 # ----------------------------------------------------------------------------------- reporting
 def render(data: dict) -> str:
-    w, c = data["workers"], data["cluster"]
-    lines = ["| rollout workers | each round (env steps/s) | mean | sampling only | per worker |",
-             "|---:|---|---:|---:|---:|"]
-    for row in w["rows"].values():
-        each = " / ".join(f"{v:,.0f}" for v in row["steps_per_s"])
-        lines.append(f"| {row['workers']} | {each} | {row['mean']:,.0f} | {row['sample_mean']:,.0f} "
-                     f"| {row['per_worker']:.2f} |")
-    if w["skipped"]:
-        lines.append(f"\nnot run: {', '.join(map(str, w['skipped']))} workers (this machine has "
-                     f"{w['usable_cores']} usable cores)")
-    verdict = "within" if c["loss_within_share"] else "MORE than"
-    recovery = " / ".join(f"{i['steps_per_s']:,.0f}" for i in c["recovery_iterations"])
-    lines += ["", f"{c['nodes']} Ray nodes x {c['workers_per_node']} worker(s) on 127.0.0.1: "
-              f"{c['before']['steps_per_s']:,.0f} env steps/s; kill iteration (node removed "
-              f"{c['kill_after_s']:.1f} s in) {c['kill_iteration']['steps_per_s']:,.0f}/s; recovery "
-              f"{recovery}/s; after "
-              f"{c['after']['steps_per_s']:,.0f}/s",
-              f"node loss cost {c['loss']:.2f} of the rate, {verdict} the node's share {c['node_share']:.2f} "
-              f"(pool: {c['pool']})"]
-    return "\n".join(lines)
+    """The markdown table (the same as in the docs: benchmarks/report.py renders it)."""
+    return "\n".join(report.render_scaling(data))
 
 
 def parse_config(argv: Sequence[str] | None) -> tuple[Config, str | None]:

@@ -43,7 +43,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 import fleet
-from benchmarks import provenance
+from benchmarks import provenance, report
 from benchmarks.training_runs import IterationFigures, TrainingJob, physics_limit
 
 SYSTEMS = {"mtppo": ("metafleet MT-PPO", "configs/reach-mtppo.yaml"), "maml": ("metafleet MAML", "configs/reach.yaml"),
@@ -261,23 +261,8 @@ def summarise(cfg: Config, rounds: dict[str, list[dict]], limit: dict, init_log_
 
 # ----------------------------------------------------------------------------------- reporting
 def render(data: dict) -> str:
-    cfg, limit = data["config"], data["physics_limit"]
-    lines = [f"{cfg['steps_per_iteration']:,} env steps per iteration, {cfg['iterations']} iteration(s) per system "
-             f"per round, {cfg['rounds']} rounds, interleaved; learning included.", "",
-             "| system | each round (env steps/s) | mean | fraction of physics limit |", "|---|---|---:|---:|"]
-    for s in data["systems"].values():
-        each = " / ".join(f"{v:,.0f}" for v in s["steps_per_s"])
-        lines.append(f"| {s['label']} | {each} | {s['mean']:,.0f} | {s['fraction_of_physics_limit']:.2f} |")
-    lines.append("")
-    for key, ratio in sorted(data["ratios"].items()):
-        each = " / ".join(f"{v:.2f}" for v in ratio["per_round"])
-        lines.append(f"ratio {key}: {each} (mean {ratio['mean']:.2f})")
-    b, a = limit["before"], limit["after"]
-    lines.append(f"physics limit: raw stepSimulation {b['raw_step_simulation_per_s_per_core']:,.0f}/s before, "
-                 f"{a['raw_step_simulation_per_s_per_core']:,.0f}/s after (one core) / {b['substeps_per_env_step']} "
-                 f"substeps x {limit['rollout_processes']} rollout processes = {limit['env_steps_per_s']:,.0f} "
-                 "env steps/s")
-    return "\n".join(lines)
+    """The markdown table (the same as in the docs: benchmarks/report.py renders it)."""
+    return "\n".join(report.render_vs_rllib(data))
 
 
 def parse_config(argv: Sequence[str] | None) -> tuple[Config, str | None]:

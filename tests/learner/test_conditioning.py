@@ -12,7 +12,7 @@ from learner.mtppo import MultiTaskPPO
 from learner.networks import GaussianMLPPolicy
 from policy import NumpyGaussianPolicy, PolicySpec
 from tests.fakes import POINT_SPEC, ROBOT, point_env_factory, point_tasks
-from tests.learner.learning_runs import nav2d_config, nav2d_store, run  # noqa: F401 (a fixture)
+from tests.learner.learning_runs import nav2d_config, nav2d_store, not_learned, run  # noqa: F401 (a fixture)
 from workers.batch import SampleRequest
 from workers.pool import LocalWorkerPool
 
@@ -190,8 +190,8 @@ def test_worker_rollouts_use_the_task_vector_like_the_learner(mode):
 
 # ---- learning: conditioning against a task-agnostic control ------------------------------------------
 def per_task_returns(conditioning: str, seed: int) -> np.ndarray:
-    """Each training task's return (no adaptation) after a short MT-PPO run on 4 nav2d goals."""
-    cfg = nav2d_config("mtppo", seed, iterations=8, tasks=4, meta_batch=4, eval_tasks=4, conditioning=conditioning,
+    """Each training task's return (no adaptation) after a short MT-PPO run on 8 nav2d goals."""
+    cfg = nav2d_config("mtppo", seed, iterations=15, tasks=8, meta_batch=8, eval_tasks=8, conditioning=conditioning,
                        ppo_epochs=3)
     return np.asarray(run(cfg).train_tasks.returns)
 
@@ -200,7 +200,21 @@ def per_task_returns(conditioning: str, seed: int) -> np.ndarray:
 @pytest.mark.parametrize("seed", [0, 1])
 def test_the_task_vector_is_what_the_policy_learns_from(seed):
     """Same budget, tasks and seed, conditioning "none" as the control: told its goal, the policy reaches each
-    goal; without, it can only go between them. A policy that ignored its task vector would tie the control."""
+    goal; without, it can only go between them. Tuned at seeds 0-3: gap 7.06/1.29, 7.06/1.34, 6.97/1.37,
+    6.87/1.41 (mean / stderr over the 8 tasks), every task gained."""
     gap = per_task_returns("concat", seed) - per_task_returns("none", seed)
     print(f"seed {seed}: conditioned minus task-agnostic, per task {np.round(gap, 2)}")
-    assert gap.mean() > 1.0 and (gap > 0).sum() >= 3, gap
+    assert not not_learned(gap, margin=1.0, most=0.75), np.round(gap, 2)
+
+
+@pytest.mark.usefixtures("nav2d_store")
+def test_a_policy_blind_to_its_task_vector_fails_that_check(monkeypatch):
+    """Negative control: every training task gets the same (uniform) task vector, so the concat policy has
+    nothing to tell the goals apart by and must not clear the bar the informed one clears."""
+    def blind(self, task):
+        return () if self.encoder is None else (1.0 / self.encoder.dim,) * self.encoder.dim
+
+    monkeypatch.setattr(MultiTaskPPO, "context_for", blind)
+    gap = per_task_returns("concat", 0) - per_task_returns("none", 0)
+    print(f"blind task vector minus task-agnostic, per task {np.round(gap, 2)}")
+    assert not_learned(gap, margin=1.0, most=0.75), np.round(gap, 2)

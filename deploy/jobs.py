@@ -9,8 +9,10 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 
+import fleet
 from deploy.manifest_config import manifest_config
 from deploy.registry import Registry, git_commit, log_serving_model
+from fleet.tasks import family_weights
 from learner.builder import make_learner, robot_of, task_distribution
 from learner.config import Config, ConfigError, load_config
 from learner.evaluation import EvalProtocol, EvalResult, evaluate
@@ -33,6 +35,12 @@ def family_label(cfg: Config) -> str:
     return family if isinstance(family, str) else "+".join(sorted(family))
 
 
+def robot_text(cfg: Config) -> str:
+    """What the run, the registry tag and the manifest call the robot: its model, or "none (plugin env)" for a
+    plugin family whose envs take no robot."""
+    return fleet.robot_label(next(iter(family_weights(cfg.fleet.family))), robot_of(cfg))
+
+
 def meta_policy_artifact(cfg: Config, result: TrainResult) -> PolicyArtifact:
     """Everything a robot or `fleet eval` needs to run and adapt the meta-policy."""
     weights = result.learner.policy_weights(f"{result.run_id}/it{result.iterations}")
@@ -41,6 +49,7 @@ def meta_policy_artifact(cfg: Config, result: TrainResult) -> PolicyArtifact:
         kind="meta-policy",
         family=family_label(cfg),
         robot=robot_of(cfg).to_dict(),
+        robot_label=robot_text(cfg),
         spaces=result.spaces,
         algorithm=cfg.learner.algorithm,
         normalizer={"arrays": ["obs_mean", "obs_std"], "clip": OBS_CLIP, "applied": "clip((obs - mean) / std)"},
@@ -58,13 +67,14 @@ def run_training(cfg: Config, resume_run_id: str | None = None) -> TrainJobResul
     """Train (or resume), then register the meta-policy with its figures as tags."""
     result = train(cfg, resume_run_id)
     tracker = result.tracker
+    tracker.set_tags({"robot": robot_text(cfg)})
     if cfg.learner.algorithm == "single_task":  # one network per training task: no one policy to deploy
         tracker.close()
         return TrainJobResult(result, cfg.tracking.registered_model, None)
     try:
         summary = result.final_eval.summary()
         tags = {"family": family_label(cfg), "algorithm": cfg.learner.algorithm, "kind": "meta-policy",
-                "git_commit": git_commit(), "robot": robot_of(cfg).model, "env_steps": result.env_steps,
+                "git_commit": git_commit(), "robot": robot_text(cfg), "env_steps": result.env_steps,
                 "iterations": result.iterations}
         for k, s in summary.items():
             tags[f"eval_return_step{k}"] = f"{s['return_mean']:.3f}"

@@ -129,10 +129,12 @@ def family_text(cfg) -> str:
 
 
 def fleet_text(cfg) -> str:
+    import fleet
+    from fleet.tasks import family_weights
     from learner.builder import fleet_of
 
-    robots = fleet_of(cfg)
-    models = sorted({r.model for r in [*robots.train, *robots.test]})
+    robots, family = fleet_of(cfg), next(iter(family_weights(cfg.fleet.family)))
+    models = sorted({fleet.robot_label(family, r) for r in [*robots.train, *robots.test]})
     return ",".join(models) + (f" ({len(robots.train)} robots)" if len(robots.train) > 1 else "")
 
 

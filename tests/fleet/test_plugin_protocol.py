@@ -176,6 +176,17 @@ def test_plugin_with_degenerate_observation_trains_end_to_end(quat, mlflow_uri, 
     out = capsys.readouterr()
     assert code == 0, out.err[-2000:]
     assert "singular" not in out.err
+    # A plugin env has no robot: the banner, the run, the registry tag and the manifest say so.
+    from mlflow.tracking import MlflowClient
+
+    from policy.artifact import PolicyArtifact
+
+    assert f"on quat_plugin:Quat/{NO_ROBOT}," in out.out
+    client = MlflowClient(mlflow_uri, mlflow_uri)
+    version = client.get_model_version("quat-smoke", "1")
+    assert version.tags["robot"] == NO_ROBOT and client.get_run(version.run_id).data.tags["robot"] == NO_ROBOT
+    local = client.download_artifacts(version.run_id, "policy", str(tmp_path / "pulled"))
+    assert PolicyArtifact.load(local).manifest["robot_label"] == NO_ROBOT
 
 
 def test_a_plugin_env_failure_is_a_clear_cli_error_and_a_failed_run(quat, mlflow_uri, tmp_path, capsys):

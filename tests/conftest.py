@@ -37,3 +37,21 @@ def mlflow_uri(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
+
+
+@pytest.fixture
+def ray_must_not_start(monkeypatch):
+    """Fails the test if the code under test starts or joins Ray or builds a Ray pool — whether or not a
+    session Ray (`ray_local`) is already up in this process."""
+    import ray
+
+    import workers.ray_pool
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Ray was started: bad input must fail before any Ray actor starts")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    monkeypatch.setattr(workers.ray_pool.RayWorkerPool, "__init__", refuse)
+    before = ray.is_initialized()
+    yield
+    assert ray.is_initialized() == before

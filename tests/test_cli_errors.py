@@ -1,7 +1,6 @@
 """Bad input: exit code 2, a message naming what is wrong and what is expected, nothing started."""
 
 import pytest
-import ray
 
 from metafleet.cli import main
 
@@ -31,6 +30,7 @@ def write(tmp_path):
         ("train: [\n", [], ["not valid YAML"]),
     ],
 )
+@pytest.mark.usefixtures("ray_must_not_start")
 def test_bad_config_exits_2_before_anything_starts(write, capsys, tmp_path, monkeypatch, text, overrides, expected):
     monkeypatch.chdir(tmp_path)
     args = ["train", write(text)] + [a for o in overrides for a in ("--set", o)]
@@ -38,7 +38,6 @@ def test_bad_config_exits_2_before_anything_starts(write, capsys, tmp_path, monk
     err = capsys.readouterr().err
     for fragment in expected:
         assert fragment in err
-    assert not ray.is_initialized()
     assert not (tmp_path / "mlflow.db").exists()
 
 
@@ -47,7 +46,7 @@ def test_missing_config_file(capsys):
     assert "not found" in capsys.readouterr().err
 
 
-def test_unreachable_mlflow_fails_before_workers(write, capsys, monkeypatch):
+def test_unreachable_mlflow_fails_before_workers(ray_must_not_start, write, capsys, monkeypatch):
     import socket
 
     with socket.socket() as s:  # a port nobody listens on
@@ -57,7 +56,6 @@ def test_unreachable_mlflow_fails_before_workers(write, capsys, monkeypatch):
     assert main(["train", write("name: x\n")]) == 2
     err = capsys.readouterr().err
     assert f"127.0.0.1:{port}" in err and "unreachable" in err
-    assert not ray.is_initialized()
 
 
 @pytest.mark.parametrize(
@@ -83,8 +81,7 @@ def test_train_needs_a_config_or_resume(capsys):
     assert "train needs a CONFIG file (or --resume RUN_ID)" in capsys.readouterr().err
 
 
-def test_resume_of_an_unknown_run(mlflow_uri, capsys):
+def test_resume_of_an_unknown_run(ray_must_not_start, mlflow_uri, capsys):
     assert main(["train", "--resume", "0123456789abcdef"]) == 2
     err = capsys.readouterr().err
     assert "cannot resume run '0123456789abcdef'" in err
-    assert not ray.is_initialized()

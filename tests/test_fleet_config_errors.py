@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-import ray
 
 from metafleet.cli import main
 
@@ -21,6 +20,7 @@ from metafleet.cli import main
     ("fleet:\n  curriculum: examples.curriculum:nothing\n", ["curriculum", "has no attribute 'nothing'"]),
     ("fleet:\n  family: reach\n  robot: a1\n", ["supports robot kinds", "'a1'"]),
 ])
+@pytest.mark.usefixtures("ray_must_not_start")
 def test_bad_fleet_config_exits_2_before_anything_starts(tmp_path, monkeypatch, capsys, text, expected):
     path = tmp_path / "cfg.yaml"
     path.write_text(text)
@@ -30,5 +30,4 @@ def test_bad_fleet_config_exits_2_before_anything_starts(tmp_path, monkeypatch, 
     err = capsys.readouterr().err
     for fragment in expected:
         assert fragment in err
-    assert not ray.is_initialized()
     assert not (tmp_path / "mlflow.db").exists()

@@ -241,7 +241,9 @@ RENDERERS: dict[str, Callable[[dict], list[str]]] = {
 # ------------------------------------------------------------------------------------- the docs
 def render(name: str, root: Path) -> str:
     """The block body for marker `name`: the table and its source line, from results/<name>.json."""
-    renderer = RENDERERS.get(name) or RENDERERS.get(name.split("-", 1)[0])
+    parts = name.split("-")  # `vs-rllib-joint` renders like `vs-rllib`, `adaptation-cuda` like `adaptation`
+    renderer = next((RENDERERS[p] for p in ("-".join(parts[:n]) for n in range(len(parts), 0, -1)) if p in RENDERERS),
+                    None)
     if renderer is None:
         raise ReportError(f"unknown table {name!r} in a <!-- report:... --> marker; expected one of "
                           f"{', '.join(sorted(RENDERERS))}, optionally followed by -SUFFIX")

@@ -47,7 +47,9 @@ from benchmarks import provenance, report
 from benchmarks.training_runs import IterationFigures, TrainingJob, physics_limit
 
 SYSTEMS = {"mtppo": ("metafleet MT-PPO", "configs/reach-mtppo.yaml"), "maml": ("metafleet MAML", "configs/reach.yaml"),
-           "rllib": ("RLlib PPO", None)}
+           "rllib": ("RLlib PPO", None),
+           # the same task with joint-position-delta actions (no IK per step): its fraction of the physics limit
+           "maml_joint": ("metafleet MAML, joint-space actions", "configs/reach-joint.yaml")}
 RLLIB_ENV = "metafleet-reach-random-goal"
 
 

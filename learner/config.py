@@ -153,6 +153,10 @@ class LearnerConfig(_Strict):
     posterior_episodes: int = Field(1, ge=0, description="PEARL: episodes per task with z from the posterior "
                                     "(replay only), per iteration")
     buffer_size: int = Field(5000, ge=1, description="PEARL: replay capacity per task (transitions)")
+    sac_alpha: float | None = Field(None, gt=0, description="PEARL: fixed entropy coefficient (as the reference "
+                                    "PEARL: reward_scale sets the trade-off); null = automatic entropy tuning")
+    reward_decoder: float = Field(0.0, ge=0, description="PEARL: weight of an auxiliary reward-prediction loss "
+                                  "r(s, a, s', z) on the encoder (0 = none: the encoder learns from the critic)")
 
 
     @model_validator(mode="after")

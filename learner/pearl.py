@@ -2,9 +2,11 @@
 
 A context encoder maps a task's transitions (obs, action, reward) to a posterior q(z | c), a product of
 per-transition Gaussians; a soft actor-critic conditioned on z (twin Q, target critics, automatic
-entropy tuning) learns from per-task replay buffers. The encoder learns through the critic's Bellman
-error plus kl_lambda * KL(q(z | c) || N(0, I)). Adapting to a new task is inference, not a gradient step:
-act with z from the prior, then with z sampled from the posterior given the episodes seen so far.
+entropy tuning, or a fixed `sac_alpha` as the reference PEARL) learns from per-task replay buffers. The encoder
+learns through the critic's Bellman error plus kl_lambda * KL(q(z | c) || N(0, I)) (plus, with
+`reward_decoder` > 0, that weight times a reward-prediction error r(s, a, s', z)). Adapting to a new task is
+inference, not a gradient step: act with z from the prior, then with z sampled from the posterior given the
+episodes seen so far.
 
 One iteration (`collect`): for each sampled task, `prior_episodes` with z ~ N(0, I) (phase and seed stream
 "support"; they replace the task's context buffer), then `posterior_episodes` with z ~ q(z | that context)
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import zlib
 from collections.abc import Sequence
 
@@ -26,7 +29,7 @@ from fleet.tasks import Task
 from learner.config import LearnerConfig
 from learner.interface import Collect, Learner, Plan
 from learner.pearl_buffers import TaskBuffers, batch_transitions, concat_transitions
-from learner.pearl_nets import PEARLPolicy, TwinQ
+from learner.pearl_nets import PEARLPolicy, RewardDecoder, TwinQ
 from learner.sac import actor_loss, alpha_loss, critic_loss, kl_to_standard_normal, polyak, td_target
 from policy import PolicySpec, PolicyWeights
 from policy.context import ContextEncoder as NumpyContextEncoder
@@ -74,13 +77,17 @@ class PEARL(Learner):
             torch.manual_seed(seed)
             self.policy = PEARLPolicy(s).to(dev)  # normaliser, actor, encoder: what is published
             self.critic, self.target_critic = TwinQ(s, s.hidden_sizes).to(dev), TwinQ(s, s.hidden_sizes).to(dev)
+            self.decoder = RewardDecoder(s, s.hidden_sizes).to(dev) if config.reward_decoder > 0 else None
         self.generator = torch.Generator(dev).manual_seed(seed)  # z and action noise of the gradient steps
         self.target_critic.load_state_dict(self.critic.state_dict())
-        self.log_alpha = torch.zeros((), device=dev, requires_grad=True)
+        fixed_alpha = config.sac_alpha is not None  # fixed: never stepped (the reference PEARL's choice)
+        self.log_alpha = torch.tensor(math.log(config.sac_alpha) if fixed_alpha else 0.0, device=dev,
+                                      requires_grad=not fixed_alpha)
         self.target_entropy = -float(s.act_dim)
         lr = config.sac_lr
         self.optimizers = {
-            "critic": torch.optim.Adam([*self.critic.parameters(), *self.policy.encoder.parameters()], lr=lr),
+            "critic": torch.optim.Adam([*self.critic.parameters(), *self.policy.encoder.parameters(),
+                                        *(self.decoder.parameters() if self.decoder else ())], lr=lr),
             "actor": torch.optim.Adam(self.actor_parameters(), lr=lr),
             "alpha": torch.optim.Adam([self.log_alpha], lr=lr),
         }
@@ -157,7 +164,8 @@ class PEARL(Learner):
         return {**metrics, "gradient_steps": float(self.gradient_steps_done), "tasks_in_replay": float(len(ready))}
 
     def gradient_step(self, task_ids: Sequence[str]) -> dict[str, float]:
-        """One step: encoder + twin Q (Bellman error + KL), actor, alpha, Polyak; [T, B] in one forward."""
+        """One step: encoder + twin Q (Bellman error + KL [+ reward prediction]), actor, alpha unless fixed,
+        Polyak; [T, B] in one forward."""
         cfg, norm = self.config, self.policy.normalize
         ctx = self._tensors(self.context.sample(task_ids, self.rng, cfg.context_size))
         rl = self._tensors(self.replay.sample(task_ids, self.rng, cfg.batch_size))
@@ -171,13 +179,18 @@ class PEARL(Learner):
             target = td_target(rl["rewards"], next_q, next_logp, alpha, cfg.gamma, cfg.reward_scale)
         kl = kl_to_standard_normal(mu, var).mean()
         q_loss = critic_loss(*self.critic(obs, rl["actions"], z), target)
-        self._step("critic", q_loss + cfg.kl_lambda * kl)
+        scalars = {}
+        if self.decoder is not None:  # the encoder also learns to make the task's rewards predictable
+            predicted = self.decoder(obs, rl["actions"], next_obs, z)
+            scalars["reward_loss"] = torch.nn.functional.mse_loss(predicted, rl["rewards"])
+        self._step("critic", q_loss + cfg.kl_lambda * kl + cfg.reward_decoder * scalars.get("reward_loss", 0.0))
         actions, logp = self.policy.act(obs, z.detach(), self.generator)
         pi_loss = actor_loss(logp, torch.min(*self.critic(obs, actions, z.detach())), alpha)
         self._step("actor", pi_loss)
-        self._step("alpha", alpha_loss(self.log_alpha, logp, self.target_entropy))
+        if self.log_alpha.requires_grad:
+            self._step("alpha", alpha_loss(self.log_alpha, logp, self.target_entropy))
         polyak(self.target_critic, self.critic, cfg.tau)
-        scalars = {"q_loss": q_loss, "actor_loss": pi_loss, "kl": kl, "alpha": alpha, "entropy": -logp.mean(),
+        scalars |= {"q_loss": q_loss, "actor_loss": pi_loss, "kl": kl, "alpha": alpha, "entropy": -logp.mean(),
                    "z_var": var.mean()}
         return {k: float(v.detach()) for k, v in scalars.items()}
 
@@ -207,7 +220,8 @@ class PEARL(Learner):
 
     def state_dict(self) -> dict:
         """Networks, target critics, optimisers, log-alpha, normaliser, replay and context buffers, RNGs."""
-        modules = {"policy": self.policy, "critic": self.critic, "target_critic": self.target_critic}
+        modules = {"policy": self.policy, "critic": self.critic, "target_critic": self.target_critic,
+                   **({"decoder": self.decoder} if self.decoder else {})}
         return {**{k: m.state_dict() for k, m in modules.items()},
                 "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
                 "log_alpha": self.log_alpha.detach().clone(), "replay": self.replay.state_dict(),
@@ -215,7 +229,7 @@ class PEARL(Learner):
                 "numpy_rng": json.dumps(self.rng.bit_generator.state), "torch_rng": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("policy", "critic", "target_critic"):
+        for key in ("policy", "critic", "target_critic", *(("decoder",) if self.decoder else ())):
             getattr(self, key).load_state_dict(state[key])
         for key, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][key])

@@ -100,3 +100,17 @@ class TwinQ(nn.Module):
     def forward(self, norm_obs: torch.Tensor, actions: torch.Tensor, z: torch.Tensor):
         x = torch.cat([norm_obs, actions, z], -1)
         return self.out1(run_hidden(self.q1, x))[..., 0], self.out2(run_hidden(self.q2, x))[..., 0]
+
+
+class RewardDecoder(nn.Module):
+    """r(s, a, s', z): predicts a transition's reward from z (training only, never published). Its error is an
+    auxiliary encoder loss: z must carry what makes the task's reward predictable, a denser signal than the
+    critic's Bellman error alone (the reward-decoder variant of context meta-RL, e.g. VariBAD)."""
+
+    def __init__(self, spec: PolicySpec, hidden_sizes: tuple[int, ...]):
+        super().__init__()
+        self.hidden = mlp([2 * spec.obs_dim + spec.act_dim + spec.context_dim, *hidden_sizes])
+        self.out = nn.Linear(hidden_sizes[-1], 1)
+
+    def forward(self, norm_obs: torch.Tensor, actions: torch.Tensor, norm_next_obs: torch.Tensor, z: torch.Tensor):
+        return self.out(run_hidden(self.hidden, torch.cat([norm_obs, actions, norm_next_obs, z], -1)))[..., 0]

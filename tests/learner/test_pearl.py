@@ -107,6 +107,37 @@ def test_resume_continues_bitwise(tmp_path):
         np.testing.assert_array_equal(value, resumed.policy_weights("v").arrays[key])
 
 
+def test_fixed_alpha_is_never_stepped_and_tuned_alpha_is():
+    pool, tasks = LocalWorkerPool(1, point_env_factory), point_tasks(2)
+    fixed, tuned = PEARL(PolicySpec(2, 2), small_config(sac_alpha=0.3), seed=0), PEARL(PolicySpec(2, 2),
+                                                                                       small_config(), seed=0)
+    for learner in (fixed, tuned):
+        drive(learner.collect(tasks, 0, 1), pool, ROBOT, HORIZON, 0, 0)
+        learner.update()
+    assert float(fixed.log_alpha.exp()) == pytest.approx(0.3) and not fixed.log_alpha.requires_grad
+    assert float(tuned.log_alpha) != 0.0  # automatic tuning (the default) moved it from alpha = 1
+    with pytest.raises(ValueError, match="sac_alpha"):
+        load_config(data={"learner": {"algorithm": "pearl", "sac_alpha": 0}})
+
+
+def test_reward_decoder_trains_the_encoder_and_resumes_bitwise():
+    pool, tasks = LocalWorkerPool(1, point_env_factory), point_tasks(2)
+    plain, learner = (PEARL(PolicySpec(2, 2), small_config(reward_decoder=w), seed=0) for w in (0.0, 1.0))
+    for run in (plain, learner):  # same init, data and random streams: only the reward loss differs
+        drive(run.collect(tasks, 0, 1), pool, ROBOT, HORIZON, 0, 0)
+    assert "reward_loss" not in plain.update() and np.isfinite(learner.update()["reward_loss"])
+    assert any(not torch.equal(a, b) for a, b in zip(plain.policy.encoder.parameters(),
+                                                     learner.policy.encoder.parameters()))
+    blob = io.BytesIO()
+    torch.save(learner.state_dict(), blob)
+    blob.seek(0)
+    resumed = PEARL(PolicySpec(2, 2), small_config(reward_decoder=1.0), seed=5)
+    resumed.load_state_dict(torch.load(blob))
+    for run in (learner, resumed):
+        drive(run.collect(tasks, 1, 1), pool, ROBOT, HORIZON, 0, 1)
+    assert learner.update() == resumed.update()
+
+
 def test_pearl_config_validates_its_fields():
     assert load_config(data={"learner": {"algorithm": "pearl", "latent_dim": 3}}).learner.latent_dim == 3
     with pytest.raises(ValueError, match="context_size"):

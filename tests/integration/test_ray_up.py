@@ -296,7 +296,7 @@ def _check_tracking_store(node: Node, run_id: str, mlflow_port: int) -> None:
 
     uri = f"http://127.0.0.1:{mlflow_port}"
     assert (node.home / "mlflow" / "mlflow.db").is_file()
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)  # not a registry another test set process-wide
     assert client.get_run(run_id).info.status == "FINISHED"
     version = client.get_model_version("smoke", "1")
     assert version.run_id == run_id and version.status == "READY" and version.tags.get("weights_sha256")

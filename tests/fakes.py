@@ -111,3 +111,19 @@ def drive_iteration(learner, pool, tasks, iteration: int, episodes: int, horizon
 
     phases = drive(learner.collect(tasks, iteration, episodes), pool, requests)
     return learner.update(), phases
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports on 127.0.0.1 that nothing listens on (all held open until all are chosen)."""
+    import socket
+
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()

@@ -24,7 +24,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,25 +36,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.fakes import free_ports
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 JOB_TIMEOUT_S = 300
 HEAD_START_TIMEOUT_S = 180
 # Generated or heavy paths (all in .gitignore) that must never reach the cluster.
 NEVER_UPLOADED = (".git", "mlflow.db", "mlruns", "mlartifacts", "metafleet.egg-info", ".pytest_cache",
                   ".ruff_cache", ".venv", "runs", "out")
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def _ray_cli() -> str:
@@ -110,7 +98,7 @@ def _stop_head(head: subprocess.Popen) -> None:
 @pytest.fixture
 def ray_cluster(tmp_path):
     """A private single-node Ray cluster started with the `ray start` CLI, bound to 127.0.0.1."""
-    gcs, dashboard, client, agent_http, agent_grpc, metrics, env_agent, node_mgr, obj_mgr = _free_ports(9)
+    gcs, dashboard, client, agent_http, agent_grpc, metrics, env_agent, node_mgr, obj_mgr = free_ports(9)
     # Short path: Ray's unix sockets live under it (108-byte limit).
     temp_dir = Path(tempfile.mkdtemp(prefix="rayjob-", dir="/tmp" if os.path.isdir("/tmp") else None))
     token = secrets.token_hex(32)

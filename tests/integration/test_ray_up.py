@@ -33,7 +33,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.fakes import free_ports
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 UP_TIMEOUT_S = 240
@@ -68,19 +69,6 @@ def _missing_tools() -> str | None:
     if probe.returncode != 0:
         return f"cannot make a PID namespace (`unshare --pid --fork --mount-proc`): {probe.stderr.decode()[-200:]}"
     return None
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def _sshd_path() -> str:
@@ -183,7 +171,7 @@ def node():
         subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
         # The venv's own (older, bundled) setuptools would shadow the node's and make pip fetch one.
         subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "uninstall", "-y", "-q", "setuptools"], check=True)
-        port = _free_ports(1)[0]
+        port = free_ports(1)[0]
         sshd = _start_sshd(base, port, home, ray_tmp)
         spec = Node(port, base / "id_node", home, base, sshd.pid, name)
         _wait_for_ssh(spec, sshd)
@@ -243,7 +231,7 @@ def _client_env(base: Path, port: int) -> dict:
 @pytest.mark.slow
 @pytest.mark.integration
 def test_ray_up_submit_down_local_provider(node):
-    gcs, dashboard, mlflow_port, *extra = _free_ports(3 + len(EXTRA_HEAD_PORTS))
+    gcs, dashboard, mlflow_port, *extra = free_ports(3 + len(EXTRA_HEAD_PORTS))
     config = cluster_yaml(node, node.cluster_name, {"6379": gcs, "8265": dashboard, "5000": mlflow_port}, extra)
     config_path = node.base / "cluster.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -350,7 +338,7 @@ def test_submit_script_names_a_missing_project_dir(tmp_path):
 
 
 def test_submit_script_stops_when_the_tracking_server_does_not_answer():
-    port = _free_ports(1)[0]
+    port = free_ports(1)[0]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
     done = _submit_script("--project-dir", str(REPO_ROOT), "--tracking-uri", f"http://127.0.0.1:{port}",
                           "--wait-s", "1", "configs/smoke.yaml", env=env)

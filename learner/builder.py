@@ -36,6 +36,7 @@ LEARNERS: dict[str, str] = {
     "reptile": "learner.reptile:Reptile",
     "rl2": "learner.rl2:RL2",
     "pearl": "learner.pearl:PEARL",
+    "belief": "learner.belief:BeliefLearner",
     "mtppo": "learner.mtppo:MultiTaskPPO",
     "single_task": "learner.single_task:SingleTaskPPO",
 }

@@ -94,17 +94,20 @@ class WorkersConfig(_Strict):
     num_workers: int = Field(2, ge=1, le=1024, description="rollout workers (1 CPU each under Ray)")
 
 
-ALGORITHMS = ("maml", "reptile", "metasgd", "rl2", "pearl", "mtppo", "single_task")
+ALGORITHMS = ("maml", "reptile", "metasgd", "rl2", "pearl", "belief", "mtppo", "single_task")
 MULTI_TASK = ("mtppo", "single_task")
 
 
 class LearnerConfig(_Strict):
-    algorithm: Literal["maml", "reptile", "metasgd", "rl2", "pearl", "mtppo", "single_task"] = Field(
-        "maml", description="maml | reptile | metasgd | rl2 | pearl (meta-learners); mtppo | single_task (multi-task "
-        "baselines: one shared policy / one independent network per training task)")
+    algorithm: Literal["maml", "reptile", "metasgd", "rl2", "pearl", "belief", "mtppo", "single_task"] = Field(
+        "maml", description="maml | reptile | metasgd | rl2 | pearl | belief (meta-learners); mtppo | single_task "
+        "(multi-task baselines: one shared policy / one independent network per training task)")
     first_order: bool = Field(False, description="MAML/Meta-SGD: drop second-order terms (FO-MAML)")
     inner_lr: float = Field(0.1, gt=0, description="adaptation step size alpha")
     inner_steps: int = Field(1, ge=1, le=10, description="inner gradient steps during meta-training")
+    inner_rates: Literal["fixed", "per_step"] = Field(
+        "fixed", description="maml: inner step sizes: fixed (inner_lr at every step) or per_step (one learned rate "
+        "per inner step, initialised at inner_lr, published with the weights and used at that adaptation step)")
     outer_lr: float = Field(1e-3, gt=0, description="Adam step size of the meta-update")
     ppo_epochs: int = Field(5, ge=1, description="optimisation epochs per meta-batch (outer PPO)")
     clip: float = Field(0.2, gt=0, lt=1, description="PPO clip range epsilon")
@@ -157,7 +160,23 @@ class LearnerConfig(_Strict):
                                     "PEARL: reward_scale sets the trade-off); null = automatic entropy tuning")
     reward_decoder: float = Field(0.0, ge=0, description="PEARL: weight of an auxiliary reward-prediction loss "
                                   "r(s, a, s', z) on the encoder (0 = none: the encoder learns from the critic)")
-
+    # ---- belief (task inference: params-conditioned PPO policy + reward model + particle filter)
+    model_sizes: tuple[int, ...] = Field((128, 128), min_length=1, description="belief: task (reward) model "
+                                         "hidden sizes (ReLU)")
+    model_lr: float = Field(1e-3, gt=0, description="belief: Adam step size of the task model")
+    model_steps: int = Field(400, ge=1, description="belief: task-model regression steps per update()")
+    model_episodes: int = Field(2, ge=0, description="belief: episodes per task and iteration acting with a task "
+                                "vector drawn from the prior (data for the task model only)")
+    model_batch: int = Field(512, ge=1, description="belief: transitions per task-model step")
+    model_buffer: int = Field(200_000, ge=1, description="belief: transitions the task model's replay keeps")
+    belief_particles: int = Field(256, ge=2, description="belief: particles of the task belief")
+    belief_resample_every: int = Field(2, ge=1, description="belief: steps between draws of the z acted with "
+                                       "(posterior sampling)")
+    belief_likelihood: float = Field(10.0, gt=0, description="belief: likelihood scale, in units of the model's "
+                                     "measured reward error (about 1 makes a particle belief overconfident: the "
+                                     "model's errors are correlated along a trajectory)")
+    belief_jitter: float = Field(0.2, ge=0, description="belief: particle jitter on resampling, a fraction of "
+                                 "the belief's spread")
 
     @model_validator(mode="after")
     def _consistent(self) -> LearnerConfig:

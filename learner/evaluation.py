@@ -26,6 +26,7 @@ from workers.batch import Batch
 from workers.pool import WorkerPool
 
 FROM_SCRATCH = "from-scratch"
+ORACLE = "oracle"  # the yardstick given the true task parameters (Learner.oracle)
 
 
 def flatten(prefix: str, nested: dict) -> dict[str, float]:
@@ -185,3 +186,31 @@ def final_report(final: EvalResult, baselines: dict[str, EvalResult]) -> dict:
 def baseline_metrics(baselines: dict[str, EvalResult]) -> dict[str, float]:
     """Flat MLflow metrics of the baselines: eval_baseline/from-scratch/return_step1, ..."""
     return {k: v for name, result in baselines.items() for k, v in result.metrics(f"eval_baseline/{name}").items()}
+
+
+def oracle_fraction(value: float, scratch: float, oracle: float) -> float | None:
+    """Where `value` lies between the from-scratch baseline (0) and the oracle (1): (v - s) / (o - s). A plain
+    ratio v / o means nothing when returns can be negative (reach: -8 untrained, +46 oracle); this one puts every
+    family on one scale. None when the oracle is no better than scratch (nothing to measure against)."""
+    span = oracle - scratch
+    return None if not span > 1e-9 else (value - scratch) / span
+
+
+def comparison_table(method: str, final: EvalResult, baselines: dict[str, EvalResult]) -> str:
+    """The method and its baselines, one row per (model, round): return, success and, with both yardsticks,
+    the return as a fraction of the oracle (from-scratch = 0, oracle = 1, same round)."""
+    rows = {method: final.summary(), **{name: r.summary() for name, r in baselines.items()}}
+    yardsticks = FROM_SCRATCH in rows and ORACLE in rows
+    width = max(len(name) for name in rows)
+    header = f"{'model':<{width}}  {'round':>5}  {'return':>18}  {'success':>15}"
+    lines = [header + ("  of oracle" if yardsticks else "")]
+    for name, summary in rows.items():
+        for k, s in summary.items():
+            line = (f"{name:<{width}}  {k:>5}  {s['return_mean']:>9.2f} ± {s['return_stderr']:<6.2f}  "
+                    f"{s['success_mean']:>6.2f} ± {s['success_stderr']:<5.2f}")
+            if yardsticks and k in rows[ORACLE] and k in rows[FROM_SCRATCH]:
+                frac = oracle_fraction(s["return_mean"], rows[FROM_SCRATCH][k]["return_mean"],
+                                       rows[ORACLE][k]["return_mean"])
+                line += f"  {frac:>9.2f}" if frac is not None else f"  {'n/a':>9}"
+            lines.append(line)
+    return "\n".join(lines)

@@ -112,6 +112,11 @@ class Learner(abc.ABC):
     def load_state_dict(self, state: dict) -> None:
         """Inverse of `state_dict`."""
 
+    def oracle(self) -> Learner | None:
+        """The oracle yardstick when this learner has one for free: its policy acting with each task's true
+        parameters, trained on the same env steps (learner/belief.py). None by default."""
+        return None
+
     def local(self) -> Learner:
         """This learner in this process (a remote proxy returns a CPU copy); what callers keep after a run."""
         return self

@@ -191,6 +191,9 @@ class RemoteLearner(Learner):
         local.load_state_dict(state)
         return local
 
+    def oracle(self) -> Learner | None:
+        return self.local().oracle()
+
     def close(self) -> None:
         """Kill the actor (its GPU and CPU go back to the cluster)."""
         if self.actor is not None:

@@ -4,6 +4,7 @@
 The numbers are the keys runs have always used, so runs stay bitwise identical across versions:
 
     request_seed(seed, "support", iteration, i)   # == SeedSequence([seed, iteration, i, 1])
+    request_seed(seed, "support2", iteration, i)  # multi-step MAML: phi_2's support episodes (22)
     request_seed(seed, "eval", round, i)          # gradient evaluation, one seed per round
     request_seed(seed, "trials", i)               # in-context evaluation: one trial covers every round
     request_seed(seed, "tasks", i)                # per-task evaluation without adaptation
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-STREAMS: dict[str, int] = {"support": 1, "query": 2, "eval": 7, "trials": 11, "tasks": 11}
+STREAMS: dict[str, int] = {"support": 1, "query": 2, "explore": 3, "eval": 7, "trials": 11, "tasks": 11,
+                           # multi-step MAML: support episodes of inner step j + 1, collected with phi_j
+                           **{f"support{j}": 20 + j for j in range(1, 10)}}
 ROUND_KEYED = frozenset({"eval"})  # evaluation streams whose seeds include the round (a fresh draw per round)
 # Base seeds of the evaluations, offset from the run seed so they never replay a training request.
 EVALUATIONS: dict[str, int] = {"held_out": 1_000_003, "train_tasks": 2_000_003}

@@ -17,7 +17,7 @@ import logging
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from learner.builder import baseline_models, build, fleet_of, place_learner, tas
 from learner.checkpoint import load_newest, rng_state, save_checkpoint, set_rng_state
 from learner.config import Config
 from learner.evaluation import (
+    ORACLE,
     EvalProtocol,
     EvalResult,
     baseline_metrics,
@@ -62,6 +63,8 @@ class TrainResult:
     wall_seconds: float
     tracker: Tracker | None = None
     train_tasks: TaskEvalResult | None = None  # per training task return, no adaptation (eval/tasks.json)
+    baselines: dict[str, EvalResult] = field(default_factory=dict)  # from-scratch, oracle, ... on the same protocol
+    curve: list[dict] = field(default_factory=list)  # Trainer.curve: the held-out evaluations during training
 
 
 class Trainer:
@@ -90,6 +93,9 @@ class Trainer:
         self.stop: StopOnSignal | None = None  # what `run` watches; `may_prefetch` too
         self.first_eval: EvalResult | None = None
         self.baselines: dict = {}  # name -> learner or PolicyWeights, evaluated next to the method at the end
+        # The learning curve: {"iteration", "env_steps", "summary"} per held-out evaluation of this process (the
+        # periodic ones and the final one; not kept in checkpoints, so a resumed run's curve starts at the resume).
+        self.curve: list[dict] = []
 
     # ---- one meta-iteration ----------------------------------------------------------------
     def iterate(self) -> dict[str, float]:
@@ -177,6 +183,12 @@ class Trainer:
         with self.failures(f"held-out evaluation after iteration {self.iteration}", self.protocol.tasks):
             return evaluate(self.learner, self.pool, replace(self.protocol, version=f"eval{self.iteration}"))
 
+    def record(self, result: EvalResult) -> EvalResult:
+        """Append a held-out evaluation to the learning curve (`self.curve`); returns it."""
+        self.curve.append({"iteration": self.iteration, "env_steps": self.env_steps,
+                           "summary": {str(k): v for k, v in result.summary().items()}})
+        return result
+
     @contextlib.contextmanager
     def failures(self, where: str, tasks) -> Iterator[None]:
         """Re-raise a learner's numerical failure as `LearnerFailure` naming the algorithm, where it happened,
@@ -203,9 +215,13 @@ class Trainer:
         return evaluate_tasks(self.learner, self.pool, protocol)
 
     def evaluate_baselines(self) -> dict[str, EvalResult]:
-        """The from-scratch baseline (a fresh learner of the same kind) and the models in `self.baselines`
-        (name -> learner, or PolicyWeights loaded into a learner of this config), under `evaluate`'s protocol."""
+        """The from-scratch baseline (a fresh learner of the same kind), the models in `self.baselines`
+        (name -> learner, or PolicyWeights loaded into a learner of this config) and the learner's own oracle
+        yardstick when it has one (`Learner.oracle`), under `evaluate`'s protocol."""
         models = baseline_models(self.learner, self.spec, self.cfg.learner, self.tasks.tasks("train"), self.baselines)
+        oracle = self.learner.oracle()
+        if oracle is not None and ORACLE not in models:
+            models[ORACLE] = oracle
         return evaluate_baselines(models, self.pool, replace(self.protocol, version=f"eval{self.iteration}"))
 
     # ---- state -----------------------------------------------------------------------------
@@ -258,7 +274,7 @@ class Trainer:
         cfg = self.cfg.train
         progress = out or Progress(cfg.iterations, start=self.iteration)
         if self.iteration == 0 and cfg.eval_every > 0:
-            self.first_eval = self.evaluate()
+            self.first_eval = self.record(self.evaluate())
             self.tracker.log_metrics(self.first_eval.metrics(), step=0)
             progress.line("held-out tasks before meta-training:\n" + self.first_eval.table())
         self.stop = stop
@@ -271,12 +287,12 @@ class Trainer:
             self.tracker.log_metrics(metrics, step=self.iteration)
             progress.update(self.iteration, progress_text(metrics))
             if cfg.eval_every and self.iteration % cfg.eval_every == 0 and self.iteration < cfg.iterations:
-                self.tracker.log_metrics(self.evaluate().metrics(), step=self.iteration)
+                self.tracker.log_metrics(self.record(self.evaluate()).metrics(), step=self.iteration)
             if self.iteration % cfg.checkpoint_every == 0 or self.iteration == cfg.iterations:
                 self.save()
         if stop is not None and stop.requested is not None:
             self.stop_here(stop.requested)
-        final = self.evaluate()
+        final = self.record(self.evaluate())
         baselines = self.evaluate_baselines()
         self.tracker.log_metrics({**final.metrics(), **baseline_metrics(baselines)}, step=self.iteration)
         self.tracker.log_dict(final_report(final, baselines), "eval/final.json")
@@ -288,7 +304,8 @@ class Trainer:
         self.tracker.log_metrics(train_tasks.metrics(), step=self.iteration)
         self.tracker.log_dict(train_tasks.to_dict(), "eval/tasks.json")
         return TrainResult(self.tracker.run_id, self.learner, final, self.first_eval, self.spaces,
-                           self.iteration, self.env_steps, self.wall_seconds, train_tasks=train_tasks)
+                           self.iteration, self.env_steps, self.wall_seconds, train_tasks=train_tasks,
+                           baselines=baselines, curve=list(self.curve))
 
 
     def stop_here(self, signum: int) -> None:

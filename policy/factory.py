@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from policy.belief import NumpyBeliefPolicy
 from policy.gru import NumpyRecurrentPolicy
 from policy.mlp import NumpyGaussianPolicy
 from policy.sac import NumpySACPolicy
 from policy.spec import PolicyWeights
 
+Policy = NumpyGaussianPolicy | NumpyRecurrentPolicy | NumpySACPolicy | NumpyBeliefPolicy
 
-def make_policy(weights: PolicyWeights) -> NumpyGaussianPolicy | NumpyRecurrentPolicy | NumpySACPolicy:
+
+def make_policy(weights: PolicyWeights) -> Policy:
     """The numpy policy for `weights.spec.kind`: feed-forward Gaussian MLP, recurrent (RL^2) GRU or PEARL's
-    z-conditioned tanh-Gaussian actor (its context encoder: policy.context.ContextEncoder)."""
+    z-conditioned tanh-Gaussian actor (its context encoder: policy.context.ContextEncoder) or the task-inference
+    policy (policy.belief)."""
     if weights.spec.kind == "gru":
         return NumpyRecurrentPolicy(weights)
     if weights.spec.kind == "sac":
         return NumpySACPolicy(weights)
+    if weights.spec.kind == "belief":
+        return NumpyBeliefPolicy(weights)
     return NumpyGaussianPolicy(weights)

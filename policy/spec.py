@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -23,10 +24,11 @@ class PolicySpec:
     act_dim: int
     hidden_sizes: tuple[int, ...] = (64, 64)
     activation: str = "tanh"
-    kind: str = "mlp"  # "mlp" (feed-forward), "gru" (recurrent, RL^2) or "sac" (PEARL: tanh-Gaussian + encoder)
+    kind: str = "mlp"  # "mlp" (feed-forward), "gru" (RL^2), "sac" (PEARL) or "belief" (task inference)
     conditioning: str = "none"  # how a task context enters an mlp: see CONDITIONING
     context_dim: int = 0  # length of the task context vector (0 = no context)
     num_heads: int = 1  # output heads (conditioning="multihead": one per training task)
+    model_sizes: tuple[int, ...] = ()  # kind "belief": hidden sizes of the task model (policy.belief)
 
     def __post_init__(self) -> None:
         if self.obs_dim <= 0 or self.act_dim <= 0:
@@ -40,6 +42,9 @@ class PolicySpec:
         if (self.conditioning == "none") != (self.context_dim == 0):
             raise ValueError(f"conditioning {self.conditioning!r} needs context_dim > 0 exactly when it is "
                              f"not 'none', got context_dim={self.context_dim}")
+        if self.kind == "belief" and (self.conditioning != "concat" or not self.model_sizes):
+            raise ValueError(f"a 'belief' policy acts on [obs, z] and infers z with a task model: it needs "
+                             f"conditioning='concat' and model_sizes, got {self.conditioning!r}, {self.model_sizes}")
         if self.kind == "sac" and self.conditioning != "concat":
             raise ValueError(f"a 'sac' (PEARL) policy takes its latent z concatenated to the observation: it needs "
                              f"conditioning='concat' and context_dim = latent size, got {self.conditioning!r}")
@@ -59,6 +64,7 @@ class PolicySpec:
             "conditioning": self.conditioning,
             "context_dim": self.context_dim,
             "num_heads": self.num_heads,
+            **({"model_sizes": list(self.model_sizes)} if self.model_sizes else {}),
         }
 
     @classmethod
@@ -73,6 +79,7 @@ class PolicySpec:
             conditioning=str(data.get("conditioning", "none")),
             context_dim=int(data.get("context_dim", 0)),
             num_heads=int(data.get("num_heads", 1)),
+            model_sizes=tuple(int(h) for h in data.get("model_sizes", ())),
         )
 
     def weight_names(self) -> list[str]:
@@ -86,6 +93,8 @@ class PolicySpec:
             return gru_shapes(self)
         if self.kind == "sac":
             return sac_shapes(self)
+        if self.kind == "belief":
+            return belief_shapes(self)
         c, sizes = self.context_dim, [self.obs_dim, *self.hidden_sizes]
         shapes: dict[str, tuple[int, ...]] = {"obs_mean": (self.obs_dim,), "obs_std": (self.obs_dim,)}
         for i, (a, b) in enumerate(itertools.pairwise(sizes)):
@@ -105,7 +114,7 @@ class PolicySpec:
         return shapes
 
 
-KINDS = ("mlp", "gru", "sac")
+KINDS = ("mlp", "gru", "sac", "belief")
 CONDITIONING = ("none", "concat", "additive", "multihead", "film")
 ACTIVATIONS = {"tanh": np.tanh, "relu": lambda x: np.maximum(x, 0.0)}
 
@@ -167,3 +176,28 @@ def sac_shapes(spec: PolicySpec) -> dict[str, tuple[int, ...]]:
 def encoder_input_dim(spec: PolicySpec) -> int:
     """Width of one context transition entering a PEARL encoder: observation, action, reward, next observation."""
     return 2 * spec.obs_dim + spec.act_dim + 1
+
+
+BELIEF_SETTINGS = ("particles", "resample_every", "likelihood_scale", "jitter")
+
+
+def belief_shapes(spec: PolicySpec) -> dict[str, tuple[int, ...]]:
+    """Array name -> shape of a task-inference policy (`spec.kind == "belief"`, policy.belief): the concat actor,
+    the task model `model.*` (ReLU MLP with `spec.model_sizes`), the prior box and the inference settings."""
+    if not spec.model_sizes:
+        raise ValueError("a 'belief' policy spec needs model_sizes (the task model's hidden sizes)")
+    actor = dataclasses.replace(spec, kind="mlp", model_sizes=())
+    shapes = dict(actor.weight_shapes())
+    c = spec.context_dim
+    sizes = [model_input_dim(spec), *spec.model_sizes]
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+        shapes[f"model.hidden.{i}.weight"], shapes[f"model.hidden.{i}.bias"] = (n_out, n_in), (n_out,)
+    shapes["model.out.weight"], shapes["model.out.bias"] = (1, sizes[-1]), (1,)
+    shapes["belief.low"], shapes["belief.high"] = (c,), (c,)
+    shapes["belief.settings"] = (len(BELIEF_SETTINGS),)
+    return shapes
+
+
+def model_input_dim(spec: PolicySpec) -> int:
+    """Width of one task-model input: observation, action, next observation, task vector."""
+    return 2 * spec.obs_dim + spec.act_dim + spec.context_dim

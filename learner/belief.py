@@ -1,0 +1,258 @@
+"""Task-inference meta-RL ("belief"): a task-conditioned policy trained with the true task vector, a learned
+task model, and a particle filter that infers the task vector of a new task from rewards, step by step.
+
+Meta-training uses what the trainer knows about its training tasks (their parameters): the policy is the
+multi-task PPO policy conditioned on the task's standardised params (concat), and a reward model
+r(obs, action, next obs, z) is fitted by regression on every transition collected, with z the task's vector.
+On a new task the params are hidden: the published policy (kind "belief", `policy.belief`) starts from the
+training tasks' range, reweights particles of z by how well the model explains each reward, and acts with z
+drawn from that belief every few steps: it explores while unsure and reaches for the task once sure, within one
+episode, and keeps its belief across the episodes of a trial. No gradient step and no learner at test time:
+numpy on the robot. This is meta-RL as task inference with privileged task information in meta-training
+(Humplik et al. 2019, "Meta reinforcement learning as task inference"), with a particle belief in place of
+their recurrent one.
+
+Yardsticks: the same policy given the true z is the oracle at the same budget (`oracle()`), and a fresh
+learner is the from-scratch baseline. Evaluation: `rounds` episodes per trial; round k = the k-th episode of a
+trial (after k episodes of evidence), as RL^2.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from fleet.tasks import Task
+from learner.config import LearnerConfig
+from learner.evaluation import ORACLE
+from learner.interface import Collect, Learner, Plan
+from learner.mtppo import MultiTaskPPO
+from policy import PolicySpec, PolicyWeights
+from policy.spec import BELIEF_SETTINGS as SETTINGS
+from policy.spec import INPUT_CLIP, OBS_CLIP, model_input_dim
+from workers.batch import Batch
+
+
+class TaskModel(nn.Module):
+    """r(obs, action, next obs, z): a ReLU MLP on [normalised obs, action, normalised next obs, z] (the numpy twin
+    is `policy.belief.NumpyBeliefPolicy.predict_reward`)."""
+
+    def __init__(self, in_dim: int, sizes: Sequence[int]):
+        super().__init__()
+        dims = [in_dim, *sizes]
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(dims))
+        self.out = nn.Linear(dims[-1], 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.hidden:
+            x = torch.relu(layer(x))
+        return self.out(x)[..., 0]
+
+
+class TransitionReplay:
+    """A ring buffer of (model input without normalisation, reward) rows: raw obs, action, next obs, z."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.count, self.head = capacity, 0, 0
+        self.rows: np.ndarray | None = None
+        self.rewards = np.zeros(capacity, np.float32)
+
+    def add(self, rows: np.ndarray, rewards: np.ndarray) -> None:
+        if self.rows is None:
+            self.rows = np.zeros((self.capacity, rows.shape[1]), np.float32)
+        for start in range(0, len(rows), self.capacity):
+            chunk, r = rows[start:start + self.capacity], rewards[start:start + self.capacity]
+            idx = (self.head + np.arange(len(chunk))) % self.capacity
+            self.rows[idx], self.rewards[idx] = chunk, r
+            self.head = int((self.head + len(chunk)) % self.capacity)
+            self.count = min(self.capacity, self.count + len(chunk))
+
+    def sample(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+        idx = rng.integers(0, self.count, size)
+        return self.rows[idx], self.rewards[idx]  # type: ignore[index]
+
+    def state_dict(self) -> dict:
+        rows = None if self.rows is None else torch.from_numpy(self.rows[:self.count].copy())
+        return {"capacity": self.capacity, "count": self.count, "head": self.head, "rows": rows,
+                "rewards": torch.from_numpy(self.rewards[:self.count].copy())}  # tensors: weights_only checkpoints
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count, self.head = int(state["count"]), int(state["head"])
+        if state["rows"] is not None:
+            self.rows = np.zeros((self.capacity, state["rows"].shape[1]), np.float32)
+            self.rows[:self.count] = np.asarray(state["rows"])
+        self.rewards[:self.count] = np.asarray(state["rewards"])
+
+
+def transitions(batch: Batch, context: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """A batch's valid transitions as rows [obs, action, next obs, z] and their rewards."""
+    obs, actions, mask = batch.obs, batch.actions, batch.mask > 0
+    final = batch.final_obs if batch.final_obs is not None else obs[:, -1]
+    next_obs = np.concatenate([obs[:, 1:], final[:, None]], axis=1)
+    z = np.broadcast_to(np.asarray(context, np.float32), (*mask.shape, len(context)))
+    rows = np.concatenate([obs, actions, next_obs, z], axis=-1)[mask]
+    return rows.astype(np.float32), batch.rewards[mask].astype(np.float32)
+
+
+class BeliefLearner(MultiTaskPPO):
+    """Multi-task PPO on [obs, task params] + a reward model; publishes the numpy task-inference policy."""
+
+    algorithm = "belief"
+
+    def __init__(self, spec: PolicySpec, config: LearnerConfig, train_tasks: Sequence[Task] = ()):
+        config = config.model_copy(update={"conditioning": "concat", "task_encoding": "params"})
+        super().__init__(spec, config, train_tasks)
+        base = self.policy.spec
+        self.model = TaskModel(model_input_dim(base), config.model_sizes).to(self.device)
+        self.model_optimizer = torch.optim.Adam(self.model.parameters(), lr=config.model_lr)
+        self.replay = TransitionReplay(config.model_buffer)
+        self.rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ())))
+        self.explored: list[Batch] = []  # this iteration's explore phase (task model only)
+        self.model_error = 1.0  # robust scale of the model's residuals on fresh data (the likelihood's scale)
+        vectors = np.asarray([self.context_for(t) for t in self.train_tasks], np.float64).reshape(-1, base.context_dim)
+        self.low = vectors.min(0) if len(vectors) else -np.ones(base.context_dim)
+        self.high = vectors.max(0) if len(vectors) else np.ones(base.context_dim)
+
+    # ---- training ------------------------------------------------------------------------
+    def weights_for(self, tasks: Sequence[Task], version: str) -> list[PolicyWeights]:
+        """Training episodes act with the true task vector: the concat actor, not the belief policy."""
+        return [self.actor_weights(version)] * len(tasks)
+
+    def adapt_for_training(self, support: Sequence[Batch], version: str) -> list[PolicyWeights]:
+        return [self.actor_weights(version)] * len(support)
+
+    def collect(self, tasks: Sequence[Task], iteration: int, episodes: int) -> Plan:
+        """MT-PPO's phases (the true task vector), then `model_episodes` per task acting with a task vector drawn
+        from the prior box (stream "explore"): the transitions an inferring policy meets while it is
+        still wrong about the task, for the task model only (PPO never sees them)."""
+        yield from super().collect(tasks, iteration, episodes)
+        if self.config.model_episodes:
+            tasks = tuple(tasks)
+            guesses = tuple(tuple(map(float, self.rng.uniform(self.low, self.high))) for _ in tasks)
+            self.explored = yield Collect("train", tasks, (self.actor_weights(f"it{iteration}"),) * len(tasks),
+                                          self.config.model_episodes, "explore", guesses, label="explore")
+
+    def learn(self, support: Sequence[Batch], query: Sequence[Batch]) -> dict[str, float]:
+        metrics = super().learn(support, query)
+        explored, self.explored = list(self.explored), []
+        # every row carries its task's TRUE vector (explore episodes acted with a guess; the reward is the task's)
+        fresh = [transitions(b, self.context_for(b.task)) for b in [*support, *query, *explored]]
+        rows, rewards = np.concatenate([f[0] for f in fresh]), np.concatenate([f[1] for f in fresh])
+        probe = [transitions(b, self.context_for(b.task)) for b in explored] or fresh
+        self.model_error = self._residual_scale(np.concatenate([p[0] for p in probe]),
+                                                np.concatenate([p[1] for p in probe]))  # before fitting them
+        self.replay.add(rows, rewards)
+        loss = self.fit_model(self.config.model_steps)
+        return {**metrics, "model_loss": loss, "model_error": self.model_error}
+
+    def fit_model(self, steps: int) -> float:
+        """`steps` Adam steps of squared reward error on replay minibatches; the last loss."""
+        loss = torch.zeros(())
+        for _ in range(steps):
+            rows, rewards = self.replay.sample(self.rng, self.config.model_batch)
+            x, r = self._model_input(rows), torch.as_tensor(rewards, device=self.device)
+            loss = torch.nn.functional.mse_loss(self.model(x), r)
+            self.model_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.model_optimizer.step()
+        return float(loss.detach())
+
+    def _model_input(self, rows: np.ndarray) -> torch.Tensor:
+        """Raw rows [obs, action, next obs, z] -> the model's input, normalised as the numpy twin does."""
+        d, a = self.policy.spec.obs_dim, self.policy.spec.act_dim
+        x = torch.as_tensor(rows, device=self.device)
+        mean, std = self.policy.obs_mean, self.policy.obs_std
+        obs = ((x[:, :d] - mean) / std).clamp(-OBS_CLIP, OBS_CLIP)
+        act = x[:, d:d + a].clamp(-INPUT_CLIP, INPUT_CLIP)
+        nxt = ((x[:, d + a:2 * d + a] - mean) / std).clamp(-OBS_CLIP, OBS_CLIP)
+        return torch.cat([obs, act, nxt, x[:, 2 * d + a:]], dim=1)
+
+    def _residual_scale(self, rows: np.ndarray, rewards: np.ndarray) -> float:
+        """1.4826 x the median absolute residual of the model on rows it has not been fitted on (floored)."""
+        if self.replay.count == 0:
+            return max(float(np.std(rewards)), 1e-3)
+        with torch.no_grad():
+            predicted = self.model(self._model_input(rows)).cpu().numpy()
+        return max(1.4826 * float(np.median(np.abs(predicted - rewards))), 1e-3)
+
+    # ---- publishing ----------------------------------------------------------------------
+    def actor_weights(self, version: str) -> PolicyWeights:
+        """The task-conditioned actor (what training and the oracle act with)."""
+        return self.policy.to_weights(version)
+
+    def policy_weights(self, version: str) -> PolicyWeights:
+        """The published policy: actor + task model + prior box + inference settings (policy.belief)."""
+        actor = self.actor_weights(version)
+        spec = replace(actor.spec, kind="belief", model_sizes=tuple(self.config.model_sizes))
+        arrays = dict(actor.arrays)
+        for name, tensor in self.model.state_dict().items():
+            arrays[f"model.{name}"] = tensor.detach().cpu().numpy().astype(np.float32)
+        arrays["belief.low"], arrays["belief.high"] = self.low.astype(np.float32), self.high.astype(np.float32)
+        c = self.config
+        settings = {"particles": c.belief_particles, "resample_every": c.belief_resample_every,
+                    "likelihood_scale": c.belief_likelihood * self.model_error, "jitter": c.belief_jitter}
+        arrays["belief.settings"] = np.asarray([settings[k] for k in SETTINGS], np.float32)
+        return PolicyWeights(spec, arrays, version)
+
+    # ---- evaluation ----------------------------------------------------------------------
+    def adaptation(self, tasks: Sequence[Task], rounds: int, version: str, episodes: int) -> Plan:
+        """`episodes` trials of `rounds` episodes per task with the belief policy (params hidden): episode j of a
+        trial measures round j (j episodes of evidence before it; the belief also updates within an episode)."""
+        weights = self.policy_weights(f"{version}/belief")
+        yield Collect("eval", tuple(tasks), (weights,) * len(tasks), episodes * rounds, "trials",
+                      trial_episodes=rounds, measures=tuple(range(rounds)))
+
+    def oracle(self) -> Learner:
+        """The yardstick: this learner's actor given each task's true vector (same env-step budget)."""
+        return OracleLearner(self.actor_weights("oracle"), self.context_for)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "model": self.model.state_dict(),
+                "model_optimizer": self.model_optimizer.state_dict(), "replay": self.replay.state_dict(),
+                "model_error": self.model_error, "numpy_rng": json.dumps(self.rng.bit_generator.state)}
+
+    def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        self.model.load_state_dict(state.pop("model"))
+        self.model_optimizer.load_state_dict(state.pop("model_optimizer"))
+        self.replay.load_state_dict(state.pop("replay"))
+        self.model_error = float(state.pop("model_error"))
+        self.rng.bit_generator.state = json.loads(state.pop("numpy_rng"))
+        super().load_state_dict(state)
+
+
+class OracleLearner(Learner):
+    """A task-conditioned policy evaluated with each task's true vector: every round is the same policy, so
+    round k measures it again on fresh episodes. Evaluation only."""
+
+    algorithm = ORACLE
+
+    def __init__(self, weights: PolicyWeights, encode):
+        self.weights, self.encode = weights, encode
+
+    def adaptation(self, tasks: Sequence[Task], rounds: int, version: str, episodes: int) -> Plan:
+        tasks = tuple(tasks)
+        contexts = tuple(self.encode(t) for t in tasks)
+        for k in range(rounds):
+            yield Collect("eval", tasks, (self.weights,) * len(tasks), episodes, "eval", contexts, measures=(k,))
+
+    def collect(self, tasks: Sequence[Task], iteration: int, episodes: int) -> Plan:
+        raise NotImplementedError("the oracle yardstick is evaluated, never trained")
+
+    def update(self) -> dict[str, float]:
+        raise NotImplementedError("the oracle yardstick is evaluated, never trained")
+
+    def policy_weights(self, version: str) -> PolicyWeights:
+        return self.weights
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

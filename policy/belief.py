@@ -1,0 +1,174 @@
+"""The task-inference ("belief") policy in numpy: a task-conditioned actor, a learned task model and a
+particle filter over the task vector, updated at every step.
+
+A new task is learned by inference, not by a gradient step: the policy keeps a belief over the task vector
+z (the task's params, standardised as in training) as weighted particles. Every transition (obs, action,
+reward, next obs) reweights them by how well the learned reward model r(obs, action, next obs, z) explains
+the reward received (a Student-t likelihood, robust to the model's error near reward discontinuities such as
+a success bonus); when the effective sample size drops below half, they are resampled and jittered
+(a regularised particle filter). The actor is the multi-task policy trained with the true z (the oracle);
+here it acts with z drawn from the belief every `resample_every` steps (posterior sampling), so it explores
+where the task is uncertain and goes for the task once the belief has settled. The belief carries across the
+episodes of a trial: it is the policy's recurrent state (`initial_state` / `sample_step`, like the RL^2 GRU),
+so workers, evaluation and the robot runtime drive it as any recurrent policy.
+
+Arrays (`belief_shapes`): the actor (a concat-conditioned Gaussian MLP, `policy.mlp` names), the task model
+`model.hidden.{i}.*` / `model.out.*` (ReLU MLP on [normalised obs, action, normalised next obs, z]), the
+prior box `belief.low` / `belief.high` (the training tasks' z range) and `belief.settings` =
+[particles, resample_every, likelihood scale, jitter].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from policy.mlp import NumpyGaussianPolicy
+from policy.spec import BELIEF_SETTINGS as SETTINGS
+from policy.spec import INPUT_CLIP, OBS_CLIP, PolicyWeights
+
+STUDENT_NU = 3.0  # the likelihood's degrees of freedom: heavy tails, one badly predicted reward cannot erase the truth
+
+
+@dataclass
+class BeliefState:
+    """The belief of a batch of B trials: particles [B, N, C], log-weights [B, N], the z acted with [B, C],
+    the trial's step count [B], and the previous observation [B, D] (the transition's start)."""
+
+    particles: np.ndarray
+    log_weights: np.ndarray
+    z: np.ndarray
+    steps: np.ndarray
+    prev_obs: np.ndarray
+
+    def mean(self) -> np.ndarray:
+        """The belief's weighted mean z [B, C]."""
+        w = _normalised(self.log_weights)
+        return np.einsum("bn,bnc->bc", w, self.particles)
+
+    def std(self) -> np.ndarray:
+        """The belief's weighted standard deviation per dimension [B, C]."""
+        w, mu = _normalised(self.log_weights), self.mean()
+        return np.sqrt(np.einsum("bn,bnc->bc", w, (self.particles - mu[:, None]) ** 2))
+
+
+def _normalised(log_weights: np.ndarray) -> np.ndarray:
+    w = np.exp(log_weights - log_weights.max(axis=-1, keepdims=True))
+    return w / w.sum(axis=-1, keepdims=True)
+
+
+class NumpyBeliefPolicy:
+    """Task-inference policy, batched over trials; its belief is explicit state (see the module docstring).
+
+    >>> policy = NumpyBeliefPolicy(weights)
+    >>> state = policy.initial_state(num_trials, rng)
+    >>> actions, logp, state = policy.sample_step(obs, prev_action, prev_reward, prev_done, state, rng)
+    """
+
+    recurrent = True
+
+    def __init__(self, weights: PolicyWeights):
+        if weights.spec.kind != "belief":
+            raise ValueError(f"NumpyBeliefPolicy needs a 'belief' policy spec, got kind {weights.spec.kind!r}")
+        self.spec, self.version = weights.spec, weights.version
+        actor_spec = replace(self.spec, kind="mlp", model_sizes=())
+        self.actor = NumpyGaussianPolicy(PolicyWeights(actor_spec, dict(weights.arrays), weights.version))
+        self.log_std = self.actor.log_std
+        a = {k: np.asarray(v, np.float32) for k, v in weights.arrays.items()}
+        self._obs_mean, self._obs_std = a["obs_mean"], a["obs_std"]
+        d, act, c = self.spec.obs_dim, self.spec.act_dim, self.spec.context_dim
+        w0 = a["model.hidden.0.weight"]
+        self._w_env = w0[:, :2 * d + act].T.copy()  # [2D + A, H]: computed once per trial and step
+        self._w_z = w0[:, 2 * d + act:].T.copy()  # [C, H]: per particle
+        self._b0 = a["model.hidden.0.bias"]
+        self._layers = [(a[f"model.hidden.{i}.weight"].T.copy(), a[f"model.hidden.{i}.bias"])
+                        for i in range(1, len(self.spec.model_sizes))]
+        self._out = (a["model.out.weight"][0].copy(), float(a["model.out.bias"][0]))
+        self.low, self.high = a["belief.low"].astype(np.float64), a["belief.high"].astype(np.float64)
+        settings = dict(zip(SETTINGS, a["belief.settings"].astype(np.float64).tolist(), strict=True))
+        self.particles = int(settings["particles"])
+        self.resample_every = max(1, int(settings["resample_every"]))
+        self.scale, self.jitter = float(settings["likelihood_scale"]), float(settings["jitter"])
+        if self.particles < 2 or not self.scale > 0 or self.jitter < 0 or c != len(self.low):
+            raise ValueError(f"belief policy {self.version!r}: bad settings {settings} for a task vector of length {c}")
+
+    # ---- the task model ------------------------------------------------------------------
+    def _norm(self, obs: np.ndarray) -> np.ndarray:
+        return np.clip((np.asarray(obs, np.float32) - self._obs_mean) / self._obs_std, -OBS_CLIP, OBS_CLIP)
+
+    def predict_reward(self, obs, action, next_obs, z) -> np.ndarray:
+        """The task model's reward for transitions [B] under task vectors z [B, N, C] -> [B, N]."""
+        x = np.concatenate([self._norm(obs), np.clip(np.asarray(action, np.float32), -INPUT_CLIP, INPUT_CLIP),
+                            self._norm(next_obs)], axis=-1)
+        h = np.maximum((x @ self._w_env + self._b0)[:, None, :] + np.asarray(z, np.float32) @ self._w_z, 0.0)
+        for w, b in self._layers:
+            h = np.maximum(h @ w + b, 0.0)
+        return h @ self._out[0] + self._out[1]
+
+    # ---- the belief ----------------------------------------------------------------------
+    def initial_state(self, batch: int, rng: np.random.Generator | None = None) -> BeliefState:
+        """The prior: particles uniform over the training tasks' box; z drawn at the first step."""
+        rng = np.random.default_rng(0) if rng is None else rng
+        particles = rng.uniform(self.low, self.high, (batch, self.particles, len(self.low)))
+        return BeliefState(particles, np.zeros((batch, self.particles)), particles[:, 0].copy(),
+                           np.zeros(batch, np.int64), np.zeros((batch, self.spec.obs_dim), np.float32))
+
+    def observe(self, state: BeliefState, obs, action, reward, next_obs, valid: np.ndarray,
+                rng: np.random.Generator) -> None:
+        """Reweight each valid trial's particles by the likelihood of one transition; resample when degenerate."""
+        if not valid.any():
+            return
+        predicted = self.predict_reward(obs, action, next_obs, state.particles)
+        residual = (np.asarray(reward, np.float64)[:, None] - predicted) / self.scale
+        loglik = -0.5 * (STUDENT_NU + 1.0) * np.log1p(residual * residual / STUDENT_NU)
+        state.log_weights = np.where(valid[:, None], state.log_weights + loglik, state.log_weights)
+        state.log_weights -= state.log_weights.max(axis=1, keepdims=True)
+        w = _normalised(state.log_weights)
+        ess = 1.0 / np.sum(w * w, axis=1)
+        for b in np.flatnonzero(valid & (ess < self.particles / 2)):
+            self._resample(state, b, w[b], rng)
+
+    def _resample(self, state: BeliefState, b: int, w: np.ndarray, rng: np.random.Generator) -> None:
+        """Systematic resampling of trial b, then Gaussian jitter scaled to the belief's spread."""
+        n = self.particles
+        positions = (rng.random() + np.arange(n)) / n
+        index = np.minimum(np.searchsorted(np.cumsum(w), positions), n - 1)
+        chosen = state.particles[b, index]
+        spread = np.maximum(chosen.std(axis=0), 0.01 * (self.high - self.low))
+        chosen = chosen + rng.standard_normal(chosen.shape) * self.jitter * spread
+        margin = 0.1 * (self.high - self.low)
+        state.particles[b] = np.clip(chosen, self.low - margin, self.high + margin)
+        state.log_weights[b] = 0.0
+
+    def _draw(self, state: BeliefState, rows: np.ndarray, rng: np.random.Generator) -> None:
+        """z of each trial in `rows` <- one particle drawn by weight (posterior sampling)."""
+        w = _normalised(state.log_weights)
+        for b in rows:
+            state.z[b] = state.particles[b, rng.choice(self.particles, p=w[b])]
+
+    # ---- acting --------------------------------------------------------------------------
+    def sample_step(self, obs, prev_action, prev_reward, prev_done, state: BeliefState,
+                    rng: np.random.Generator, deterministic: bool = False):
+        """Update the belief with the previous transition (unless an episode just began or the trial's env
+        had ended: a masked step's action and reward are zero), draw z where due, act.
+        Returns actions, their log-probabilities and the state (updated in place)."""
+        obs = np.asarray(obs, np.float32)
+        prev_action = np.asarray(prev_action, np.float32)
+        started = state.steps > 0
+        ended = ~np.any(prev_action != 0, axis=1) & (np.asarray(prev_reward) == 0)
+        valid = started & (np.asarray(prev_done) == 0) & ~ended
+        self.observe(state, state.prev_obs, prev_action, prev_reward, obs, valid, rng)
+        self._draw(state, np.flatnonzero(state.steps % self.resample_every == 0), rng)
+        actions, logp = self.actor.sample(obs, rng, deterministic, context=state.z.astype(np.float32))
+        state.prev_obs = obs.copy()
+        state.steps = state.steps + 1
+        return actions, logp, state
+
+    def sample(self, obs, rng, deterministic=False, context=None):
+        """With a task vector `context` it is the oracle (the actor given the true z); without one it needs its
+        belief state: use workers.recurrent.rollout_trials or sample_step."""
+        if context is None or np.asarray(context).size == 0:
+            raise TypeError("a belief policy infers its task over steps: use workers.recurrent.rollout_trials or "
+                            "NumpyBeliefPolicy.sample_step(obs, prev_action, prev_reward, prev_done, state, rng)")
+        return self.actor.sample(obs, rng, deterministic, context=context)

@@ -67,6 +67,9 @@ class MetaSGD(MAML):
     algorithm = "metasgd"
 
     def make_policy(self, spec: PolicySpec) -> RatedPolicy:
+        if self.config.inner_rates != "fixed":
+            raise ValueError(f"learner.inner_rates={self.config.inner_rates!r} applies to algorithm 'maml'; metasgd "
+                             "learns one rate per parameter entry, shared by every inner step (use inner_rates: fixed)")
         policy = RatedPolicy(spec, self.config.init_std, self.config.inner_lr).to(self.device)
         policy.reset_rates(self.config.inner_lr)  # after .to(): the rates live where the parameters do
         return policy
@@ -78,11 +81,11 @@ class MetaSGD(MAML):
     def rates(self) -> Params:
         return self.policy.inner_rates
 
-    def inner_rates(self) -> Params:
-        """`adapt` uses the learned rates instead of the scalar `inner_lr`."""
+    def inner_rates(self, step: int = 0) -> Params:
+        """`adapt` uses the learned rates (the same at every inner step) instead of the scalar `inner_lr`."""
         return {k: v.detach() for k, v in self.rates.items()}
 
-    def inner_step_size(self) -> Params:
+    def inner_step_size(self, step: int = 0) -> Params:
         return self.rates  # phi_i(theta, alpha): the outer gradient reaches theta and alpha
 
     def learn(self, support: Sequence[Batch], query: Sequence[Batch]) -> dict[str, float]:

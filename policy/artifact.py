@@ -198,12 +198,15 @@ def _verify_digest(encoded: dict, blob: bytes, expected: str | None, expected_fr
 
 def check_schema(spec: PolicySpec, arrays: dict[str, np.ndarray]) -> None:
     """Every array the spec needs, with the shape it implies, and nothing else — except optional
-    Meta-SGD inner rates `inner_lr/<parameter>`, shaped like their parameter."""
+    Meta-SGD inner rates `inner_lr/<parameter>`, shaped like their parameter, and multi-step MAML's per-step
+    rates `inner_lr/steps` [inner_steps]."""
     try:
         expected = spec.weight_shapes()
     except ValueError as exc:
         raise ArtifactError(f"the manifest's network is inconsistent: {exc}") from None
     rates = {f"inner_lr/{k}": v for k, v in expected.items() if k not in ("obs_mean", "obs_std")}
+    if "inner_lr/steps" in arrays:  # multi-step MAML's learned rates (learner/maml_chain.py): one per inner step
+        rates["inner_lr/steps"] = (max(int(np.size(arrays["inner_lr/steps"])), 1),)
     if not set(expected) <= set(arrays) <= set(expected) | set(rates):
         raise ArtifactError(f"weights arrays {sorted(arrays)} do not match the manifest's network {sorted(expected)}")
     expected = {**expected, **{k: v for k, v in rates.items() if k in arrays}}

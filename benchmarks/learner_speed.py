@@ -1,6 +1,6 @@
 """Gradient steps/s of each learner's update at the main jobs' sizes, and how long the learner blocks the workers.
 
-For each learner (``--learners``: MAML = ``configs/reach.yaml``, MT-PPO = ``configs/reach-mtppo.yaml``, PEARL =
+For each learner (``--learners``: MAML = ``configs/reach-maml.yaml``, MT-PPO = ``configs/reach-mtppo.yaml``, PEARL =
 ``configs/reach-pearl.yaml``) and each device (``cpu``, plus ``cuda`` when torch sees one), the job is built as
 ``fleet train`` builds it (benchmarks/training_runs.py; the learner in this process on that device) and run for
 one untimed warm-up iteration plus ``--iterations`` timed ones, on real data from its own workers:
@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from benchmarks import provenance, report
 from benchmarks.training_runs import TrainingJob, gradient_steps_per_update
 
-LEARNERS = {"maml": "configs/reach.yaml", "mtppo": "configs/reach-mtppo.yaml", "pearl": "configs/reach-pearl.yaml"}
+LEARNERS = {"maml": "configs/reach-maml.yaml", "mtppo": "configs/reach-mtppo.yaml", "pearl": "configs/reach-pearl.yaml"}
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,22 @@
-"""The learning table: algorithm x task family x (return after 0, 1, 2, 3 adaptation steps) on
-held-out tasks, several seeds, mean ± stderr over tasks x seeds; markdown, JSON and PNG.
+"""The learning table: learner x task family x held-out return and success after 0, 1, 2, ... adaptation
+rounds, the from-scratch and oracle yardsticks of each run's final evaluation, and a learning curve per run;
+raw JSON with provenance (results/learning-v2.json), from which `benchmarks/report.py` renders the
+`learning-v2` and `learning-curves` tables of docs/results.md.
 
-Every algorithm of a family runs that family's config (`FAMILY_CONFIGS`) with only the learner
-swapped (`ALGORITHM_OVERRIDES`), so all cells of a row-group consume the same env steps and are
-evaluated with the same protocol, tasks and seeds. For RL^2, "step k" is the k-th episode of a
-trial (k context episodes seen); for the gradient methods it is k policy-gradient steps.
+Every learner of a family runs that family's config (`FAMILY_CONFIGS`) with only the learner swapped
+(`ALGORITHM_OVERRIDES`), so the cells of a family share the fleet, the held-out tasks, the seeds and the
+evaluation protocol; PEARL runs the family's own PEARL config (`OWN_CONFIGS`: its sizes are off-policy ones),
+on the same fleet. The curve is the held-out evaluation every `train.eval_every` iterations (and the final one).
+For RL², PEARL and belief a round is a context episode; for the gradient methods, a policy-gradient step.
 
-    python benchmarks/learning.py --families reach direction --algorithms maml mtppo \
-        --seeds 0 1 --iterations 40 --out results/learning
+    python benchmarks/learning.py --families reach push --algorithms belief pearl maml rl2 mtppo --seeds 0 1 2
+    python benchmarks/learning.py --families velocity --algorithms pearl --seeds 0 --merge   # add to the same file
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import sys
@@ -29,10 +33,16 @@ from learner.config import load_config
 from learner.evaluation import stderr
 from learner.trainer import train
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # works from any working directory
-FAMILY_CONFIGS = {family: str(CONFIGS / f"{family}.yaml") for family in
-                  ("reach", "push", "velocity", "direction", "dynamics")}
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"  # works from any working directory
+FAMILIES = ("reach", "push", "velocity", "direction", "dynamics")
+# configs/reach.yaml is the main job, whose learner may change; reach-mtppo.yaml has its fleet and train sections.
+FAMILY_CONFIGS = {family: str(CONFIGS / f"{family}.yaml") for family in FAMILIES} | {
+    "reach": str(CONFIGS / "reach-mtppo.yaml")}
+OWN_CONFIGS = {"pearl": "{family}-pearl.yaml"}  # learners run from their own per-family config, not overridden
 ALGORITHM_OVERRIDES = {
+    "belief": ["learner.algorithm=belief"],
+    "pearl": [],
     "maml": ["learner.algorithm=maml", "learner.first_order=false"],
     "fomaml": ["learner.algorithm=maml", "learner.first_order=true"],
     "reptile": ["learner.algorithm=reptile"],
@@ -40,19 +50,80 @@ ALGORITHM_OVERRIDES = {
     "rl2": ["learner.algorithm=rl2", "learner.trial_episodes=2"],
     "mtppo": ["learner.algorithm=mtppo"],
 }
+RUN_KEY = ("family", "algorithm", "seed")  # a merged run replaces the stored run with the same key
 
 
-def run_one(family: str, algorithm: str, seed: int, iterations: int, backend: str, extra: list[str]) -> dict:
-    overrides = [*ALGORITHM_OVERRIDES[algorithm], f"train.seed={seed}", f"train.iterations={iterations}",
-                 "train.eval_every=0", f"workers.backend={backend}", *extra]
-    cfg = load_config(FAMILY_CONFIGS[family], overrides)
+def job(family: str, algorithm: str) -> tuple[str, list[str]]:
+    """The config file and learner overrides of one (family, learner) cell."""
+    if algorithm in OWN_CONFIGS:
+        path = CONFIGS / OWN_CONFIGS[algorithm].format(family=family)
+        if not path.is_file():
+            raise FileNotFoundError(f"{algorithm} on {family} runs its own config {path}, which does not exist; "
+                                    f"add it (as configs/reach-{algorithm}.yaml) or leave {family} or {algorithm} out")
+        return str(path), list(ALGORITHM_OVERRIDES[algorithm])
+    return FAMILY_CONFIGS[family], list(ALGORITHM_OVERRIDES[algorithm])
+
+
+def overrides_for(algorithm: str, seed: int, iterations: int | None, backend: str | None,
+                  extra: list[str]) -> list[str]:
+    """Learner overrides, then the seed, the budget (default: the config's), the pool, then the user's --set."""
+    return [*ALGORITHM_OVERRIDES[algorithm], f"train.seed={seed}",
+            *([f"train.iterations={iterations}"] if iterations is not None else []),
+            *([f"workers.backend={backend}"] if backend else []), *extra]
+
+
+def figures(result) -> dict:
+    """Per-task returns and successes per round of an EvalResult, JSON keys."""
+    return {"returns": {str(k): v for k, v in result.returns.items()},
+            "successes": {str(k): v for k, v in result.successes.items()}, "env_steps": result.env_steps}
+
+
+def run_one(family: str, algorithm: str, seed: int, iterations: int | None, backend: str | None,
+            extra: list[str], prov: dict | None = None) -> dict:
+    """Train one cell and return its record: the method's per-task figures per round, each baseline's, the
+    learning curve, env steps, wall-clock and where it came from."""
+    path, _ = job(family, algorithm)
+    overrides = overrides_for(algorithm, seed, iterations, backend, extra)
+    cfg = load_config(path, overrides)
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     started = time.perf_counter()
     result = train(cfg)
     result.tracker.close()
-    return {"family": family, "algorithm": algorithm, "seed": seed, "env_steps": result.env_steps,
-            "wall_seconds": round(time.perf_counter() - started, 1),
-            "returns": {str(k): v for k, v in result.final_eval.returns.items()},
-            "successes": {str(k): v for k, v in result.final_eval.successes.items()}}
+    final = result.final_eval
+    record = {"family": family, "algorithm": algorithm, "seed": seed, "config": Path(path).relative_to(ROOT).as_posix(),
+              "overrides": overrides, "iterations": result.iterations, "env_steps": result.env_steps,
+              "wall_seconds": round(time.perf_counter() - started, 1), "train_seconds": round(result.wall_seconds, 1),
+              "steps": list(final.steps), "task_ids": list(final.task_ids), **figures(final),
+              "eval_env_steps": final.env_steps,
+              "baselines": {name: figures(r) for name, r in result.baselines.items()}, "curve": list(result.curve)}
+    if prov is not None:
+        machine = prov["machine"]
+        record["provenance"] = {"command": prov["command"], "commit": prov["commit"], "date": date,
+                                "machine": {"cpu_count": machine["cpu_count"], "cpu_model": machine["cpu_model"],
+                                            "cuda_device": provenance.cuda_device()}}
+    return record
+
+
+def load_runs(path: Path) -> list[dict]:
+    """The runs stored in a learning JSON (for --merge); none when the file does not exist yet."""
+    if not path.exists():
+        return []
+    try:
+        data = json.loads(path.read_text())
+        runs = data["runs"]
+        if not isinstance(runs, list) or not all(isinstance(r, dict) and all(k in r for k in RUN_KEY) for r in runs):
+            raise TypeError("`runs` must be a list of objects with family, algorithm and seed")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"--merge: {path} is not a benchmarks/learning.py JSON ({exc}); expected "
+                         '{"runs": [{"family": ..., "algorithm": ..., "seed": ..., ...}], "provenance": ...}') from exc
+    return runs
+
+
+def merge_runs(old: list[dict], new: list[dict]) -> list[dict]:
+    """`old` with `new` added; a new run replaces an old one of the same family, learner and seed (in place)."""
+    fresh = {tuple(r[k] for k in RUN_KEY): r for r in new}
+    out = [fresh.pop(key, r) if (key := tuple(r[k] for k in RUN_KEY)) in fresh else r for r in old]
+    return out + list(fresh.values())
 
 
 def summarize(runs: list[dict]) -> dict[str, tuple[float, float]]:
@@ -117,39 +188,45 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", nargs="+", default=["reach"], choices=list(FAMILY_CONFIGS))
     parser.add_argument("--algorithms", nargs="+", default=["maml", "mtppo"], choices=list(ALGORITHM_OVERRIDES))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--iterations", type=int, default=40)
-    parser.add_argument("--backend", default="ray", choices=["ray", "local"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--iterations", type=int, default=None, help="meta-iterations per run (default: the config's)")
+    parser.add_argument("--backend", default=None, choices=["ray", "local"], help="worker pool (default: the config's)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config override for every run (e.g. train.eval_tasks=10)")
-    parser.add_argument("--out", default=None, help="directory for learning.json / learning.md / learning.png")
-    parser.add_argument("--json", default=str(provenance.default_path("learning")),
-                        help="the raw JSON with provenance (default: results/learning.json)")
+    parser.add_argument("--out", "--json", dest="out", default=str(provenance.default_path("learning-v2")),
+                        help="the raw JSON with provenance, rewritten after every run (default: "
+                             "results/learning-v2.json; --json is the old name of this flag)")
+    parser.add_argument("--merge", action="store_true", help="add the runs to --out's runs (a run of the same "
+                        "family, learner and seed replaces the stored one) instead of starting a new file")
+    parser.add_argument("--figures", type=Path, default=None, metavar="DIR",
+                        help="also write DIR/learning.md and DIR/learning.png (return vs adaptation rounds)")
     prov = provenance.start("learning.py", argv)
     args = parser.parse_args(argv)
+    out = Path(args.out)
+    if out.suffix != ".json":
+        parser.error(f"--out {out}: expected the JSON file to write (e.g. results/learning-v2.json); the markdown "
+                     "table and the PNG go to --figures DIR")
     for family in args.families:  # fail before hours of training, not after
         for algorithm in args.algorithms:
-            load_config(FAMILY_CONFIGS[family], [*ALGORITHM_OVERRIDES[algorithm], *args.overrides])
+            path, _ = job(family, algorithm)
+            load_config(path, overrides_for(algorithm, args.seeds[0], args.iterations, args.backend, args.overrides))
+    stored = load_runs(out) if args.merge else []
     if "MLFLOW_TRACKING_URI" not in os.environ:  # keep benchmark runs out of the user's store
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp()}/bench.db"
-    out = Path(args.out) if args.out else None
     results: list[dict] = []
     for family in args.families:
         for algorithm in args.algorithms:
             for seed in args.seeds:
-                results.append(run_one(family, algorithm, seed, args.iterations, args.backend, args.overrides))
+                results.append(run_one(family, algorithm, seed, args.iterations, args.backend, args.overrides, prov))
                 print(f"done {family}/{algorithm}/seed {seed}: {results[-1]['wall_seconds']} s", flush=True)
-                if out:  # partial results survive an interrupted sweep
-                    out.mkdir(parents=True, exist_ok=True)
-                    (out / "learning.json").write_text(json.dumps(results, indent=2))
+                # Rewritten after every run: an interrupted sweep keeps what it finished.
+                provenance.write(out, {"format": "learning-v2", "runs": merge_runs(stored, results)}, prov)
     text = table(results)
-    print(f"held-out tasks, seeds {args.seeds}, {args.iterations} iterations; mean ± stderr over tasks x seeds\n"
-          + text)
-    provenance.write(args.json, {"seeds": args.seeds, "iterations": args.iterations, "overrides": args.overrides,
-                                 "runs": results}, prov)
-    if out:
-        (out / "learning.md").write_text(text + "\n")
-        figure(results, out / "learning.png")
+    print(f"held-out tasks, seeds {args.seeds}; mean ± stderr over tasks x seeds\n" + text)
+    if args.figures:
+        args.figures.mkdir(parents=True, exist_ok=True)
+        (args.figures / "learning.md").write_text(text + "\n")
+        figure(results, args.figures / "learning.png")
     return 0
 
 

@@ -8,6 +8,7 @@ A table lives between two marker comments in a doc; everything outside the marke
 
     python benchmarks/report.py            # rewrite the blocks in place
     python benchmarks/report.py --check    # exit 1 with a diff when a doc differs from what the JSON gives
+    python benchmarks/report.py --plot docs/img/learning-curves.png   # the learning-curve figure (matplotlib)
 
 Only the standard library is used: the check runs in CI without torch, Ray or pybullet, and keeps working
 while the benchmark scripts' own imports move.
@@ -26,6 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+
+from benchmarks import learning_report  # noqa: E402  (stdlib only too)
+
 DOCS = ("docs/results.md", "benchmarks/README.md", "docs/reliability.md")
 BLOCK = re.compile(r"(<!-- report:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /report:(?P=name) -->)", re.S)
 
@@ -235,19 +240,23 @@ RENDERERS: dict[str, Callable[[dict], list[str]]] = {
     "throughput": render_throughput, "envs": render_envs, "adaptation": render_adaptation, "soak": render_soak,
     "learning": render_learning, "deployment": render_deployment, "vs-rllib": render_vs_rllib,
     "scaling": render_scaling, "learner-speed": render_learner_speed,
+    "learning-v2": learning_report.render_learning_v2, "learning-curves": learning_report.render_learning_curves,
 }
+# Tables that read another table's JSON: `learning-curves` (and `learning-curves-SUFFIX`) read
+# results/learning-v2.json (results/learning-v2-SUFFIX.json).
+SOURCES = {"learning-curves": "learning-v2"}
 
 
 # ------------------------------------------------------------------------------------- the docs
 def render(name: str, root: Path) -> str:
     """The block body for marker `name`: the table and its source line, from results/<name>.json."""
     parts = name.split("-")  # `vs-rllib-joint` renders like `vs-rllib`, `adaptation-cuda` like `adaptation`
-    renderer = next((RENDERERS[p] for p in ("-".join(parts[:n]) for n in range(len(parts), 0, -1)) if p in RENDERERS),
-                    None)
-    if renderer is None:
+    known = next((p for p in ("-".join(parts[:n]) for n in range(len(parts), 0, -1)) if p in RENDERERS), None)
+    if known is None:
         raise ReportError(f"unknown table {name!r} in a <!-- report:... --> marker; expected one of "
                           f"{', '.join(sorted(RENDERERS))}, optionally followed by -SUFFIX")
-    path = root / "results" / f"{name}.json"
+    renderer = RENDERERS[known]
+    path = root / "results" / f"{SOURCES.get(known, known)}{name[len(known):]}.json"
     rel = path.relative_to(root).as_posix()
     try:
         data = json.loads(path.read_text())
@@ -288,8 +297,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 with a diff if a doc is stale")
     parser.add_argument("--root", type=Path, default=ROOT, help="repository root (default: this one)")
+    parser.add_argument("--plot", type=Path, metavar="PNG", help="instead: draw the learning curves of "
+                        "results/learning-v2.json (see --plot-from) to PNG (needs matplotlib)")
+    parser.add_argument("--plot-from", default="learning-v2", metavar="NAME", help="the results/NAME.json --plot reads")
     parser.add_argument("docs", nargs="*", default=list(DOCS), help=f"docs to process (default: {' '.join(DOCS)})")
     args = parser.parse_args(argv)
+    if args.plot:
+        return plot(args.root, args.plot_from, args.plot)
     try:
         stale = run(args.root, tuple(args.docs), args.check)
     except ReportError as exc:
@@ -299,6 +313,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"report: {stale} doc(s) differ from results/; run `python benchmarks/report.py` and commit",
               file=sys.stderr)
         return 1
+    return 0
+
+
+def plot(root: Path, name: str, png: Path) -> int:
+    """`--plot`: the learning-curve figure from results/<name>.json; 1 without matplotlib, 2 without the JSON."""
+    path = root / "results" / f"{name}.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        print(f"report: {path} is missing: run benchmarks/learning.py (see docs/results.md)", file=sys.stderr)
+        return 2
+    try:
+        learning_report.plot_learning_curves(data, png)
+    except ImportError as exc:
+        print(f"report: --plot needs matplotlib ({exc}); no figure written", file=sys.stderr)
+        return 1
+    print(f"report: wrote {png}", file=sys.stderr)
     return 0
 
 

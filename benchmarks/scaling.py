@@ -1,7 +1,7 @@
 """End-to-end env steps/s (learning included) of the main job vs rollout workers, across Ray nodes, and what
 losing a node costs.
 
-Three parts, one job config (``--config``, default ``configs/reach.yaml``: MAML on reach, built as
+Three parts, one job config (``--config``, default ``configs/reach-maml.yaml``: MAML on reach, built as
 ``fleet train`` builds it; benchmarks/training_runs.py), each timed per meta-iteration after one untimed
 warm-up iteration:
 
@@ -44,7 +44,7 @@ from benchmarks.training_runs import IterationFigures, TrainingJob
 class Config:
     """Sizes of one run (the CLI flags)."""
 
-    config: str = "configs/reach.yaml"
+    config: str = "configs/reach-maml.yaml"
     workers: tuple[int, ...] = (1, 2, 4, 8, 14)
     rounds: int = 3
     iterations: int = 2  # per job per round; before and after the node loss

@@ -311,7 +311,7 @@ def _load(phase: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/reach.yaml")
+    parser.add_argument("--config", default="configs/reach-maml.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, as `fleet train --set` (repeatable)")
     parser.add_argument("--minutes", type=float, default=10.0, help="wall time of the soak (killer on)")

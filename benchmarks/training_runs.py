@@ -6,7 +6,7 @@ can time single iterations, interleave several jobs and keep start-up (actor lau
 its figures. Tracking goes
 to a throw-away sqlite store and checkpoints to a temporary folder: a benchmark leaves nothing behind.
 
-    with TrainingJob("configs/reach.yaml", ["train.meta_batch_size=4"]) as job:
+    with TrainingJob("configs/reach-maml.yaml", ["train.meta_batch_size=4"]) as job:
         job.iterate()                       # warm-up: not timed
         figures = job.iterate()             # IterationFigures(env_steps, seconds, sample_seconds, ...)
 """

@@ -7,7 +7,7 @@ with one minibatch per epoch (metafleet's ``minibatches: 1``; ``--rllib-minibatc
 networks, the same initial action std (metafleet's ``learner.init_std`` from the config; RLlib's free log-std
 parameter is set to log(init_std) after the build and synced to its env runners).
 
-- metafleet: ``configs/reach-mtppo.yaml`` and ``configs/reach.yaml`` built as ``fleet train`` builds them
+- metafleet: ``configs/reach-mtppo.yaml`` and ``configs/reach-maml.yaml`` built as ``fleet train`` builds them
   (benchmarks/training_runs.py), ``--workers`` Ray rollout workers.
 - RLlib (new API stack, the installed Ray's version; ``pip install -e ".[bench]"``): PPO with
   ``--rllib-runners`` env runners x ``--rllib-envs`` envs, the learner in the driver.
@@ -46,7 +46,8 @@ import fleet
 from benchmarks import provenance, report
 from benchmarks.training_runs import IterationFigures, TrainingJob, physics_limit
 
-SYSTEMS = {"mtppo": ("metafleet MT-PPO", "configs/reach-mtppo.yaml"), "maml": ("metafleet MAML", "configs/reach.yaml"),
+SYSTEMS = {"mtppo": ("metafleet MT-PPO", "configs/reach-mtppo.yaml"),
+           "maml": ("metafleet MAML", "configs/reach-maml.yaml"),
            "rllib": ("RLlib PPO", None),
            # the same task with joint-position-delta actions (no IK per step): its fraction of the physics limit
            "maml_joint": ("metafleet MAML, joint-space actions", "configs/reach-joint.yaml")}
@@ -196,7 +197,7 @@ def start_systems(cfg: Config) -> dict:
 
 
 def reach_init_std() -> float:
-    """metafleet's initial action std for reach (configs/reach.yaml `learner.init_std`)."""
+    """metafleet's initial action std for reach (configs/reach-maml.yaml `learner.init_std`)."""
     from learner.config import load_config
 
     return load_config(Path(__file__).resolve().parents[1] / SYSTEMS["maml"][1]).learner.init_std

@@ -18,7 +18,7 @@ SCRIPT = ROOT / "benchmarks" / "soak.py"
 def test_quick_soak_kills_workers_and_loses_nothing(tmp_path):
     out = tmp_path / "soak.json"
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    config = ROOT / "configs" / "reach.yaml"
+    config = ROOT / "configs" / "reach-maml.yaml"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--config", str(config), "--json", str(out)],
                           env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

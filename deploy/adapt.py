@@ -17,6 +17,7 @@ import gymnasium as gym
 import numpy as np
 
 from deploy.connect import connect_robot, with_sim_defaults
+from deploy.history import move_alias
 from deploy.manifest_config import manifest_config
 from deploy.registry import Registry, git_commit
 from deploy.robot import Robot
@@ -28,6 +29,7 @@ from learner.seeds import derive_seed as request_seed
 from learner.tracking import Tracker
 from policy import NumpyGaussianPolicy, PolicyWeights
 from policy.artifact import PolicyArtifact
+from policy.taskvec import TaskVectorEncoder
 from workers.batch import Batch
 from workers.rollout import rollout
 
@@ -66,15 +68,43 @@ def safety_for(manifest: dict) -> SafetyLayer:
 
 
 def collect(robot: Robot, weights: PolicyWeights, task: Task, spec: RobotSpec, episodes: int, horizon: int,
-            seed: int, safety: SafetyLayer, deterministic: bool = False, phase: str = "support") -> Batch:
-    """`episodes` sequential episodes on one (possibly physical) robot, as one Batch."""
+            seed: int, safety: SafetyLayer, deterministic: bool = False, phase: str = "support",
+            context: tuple[float, ...] = ()) -> Batch:
+    """`episodes` sequential episodes on one (possibly physical) robot, as one Batch (`context`: the task vector
+    of a task-conditioned policy, built as training did: :func:`task_vector`)."""
     env, policy = RobotEnv(robot, horizon, safety), NumpyGaussianPolicy(weights)
-    parts = [rollout([env], policy, task.params, horizon, request_seed(seed, i), deterministic)
+    vector = np.asarray(context, np.float32) if context else None
+    parts = [rollout([env], policy, task.params, horizon, request_seed(seed, i), deterministic, context=vector)
              for i in range(episodes)]
     for part in parts:
         part.pop("guard_trips", None)
     arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    return Batch(**arrays, task=task, robot=spec, policy_version=weights.version, phase=phase)
+    return Batch(**arrays, task=task, robot=spec, policy_version=weights.version, phase=phase, context=tuple(context))
+
+
+def task_vector(manifest: dict, spec, task: Task) -> tuple[float, ...]:
+    """The task vector a task-conditioned policy sees for `task` (empty when it is task-agnostic), from the
+    manifest's ``conditioning`` with the encoder training used (policy.taskvec)."""
+    if spec.kind != "mlp" or spec.conditioning == "none":
+        return ()
+    section = manifest.get("conditioning")
+    if not isinstance(section, dict):
+        raise ValueError(f"the policy is {spec.conditioning!r}-conditioned but its manifest has no 'conditioning' "
+                         "section to build task vectors with; re-publish it with this version of metafleet")
+    return tuple(float(v) for v in TaskVectorEncoder.from_manifest(section).encode(task.params, task.family))
+
+
+class EpisodeFigures:
+    """Mean return and success of episodes run by the robot runtime (what `_register` reads of a Batch)."""
+
+    def __init__(self, results: list[dict]):
+        self.results = results
+
+    def mean_return(self) -> float:
+        return float(np.mean([r["return"] for r in self.results]))
+
+    def success_rate(self) -> float:
+        return float(np.mean([r["success"] for r in self.results]))
 
 
 @dataclass
@@ -101,15 +131,16 @@ def robot_id_of(address: str, override: str | None = None) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", raw).strip("-") or "robot"
 
 
-def adaptation_task(cfg, task_params: dict | None, robot_id: str) -> Task:
-    """The task to adapt to: `task_params` (for a mixture of families, with `family=NAME` among them), or
-    by default the first held-out task of the meta-policy's own split."""
+def adaptation_task(cfg, task_params: dict | None, robot_id: str, default_family: str | None = None) -> Task:
+    """The task to adapt to: `task_params` (for a mixture of families, with `family=NAME` among them, else the
+    manifest's `default_family`), or by default the first held-out task of the meta-policy's own split."""
     if task_params is None:
         first = task_distribution(cfg).tasks("test")[0]
         return Task(first.family, f"{robot_id}/adapt", dict(first.params))
     params = dict(task_params)
     families = [cfg.fleet.family] if isinstance(cfg.fleet.family, str) else sorted(cfg.fleet.family)
-    family = params.pop("family", families[0] if len(families) == 1 else None)
+    fallback = families[0] if len(families) == 1 else default_family if default_family in families else None
+    family = params.pop("family", fallback)
     if family not in families:
         raise ValueError(f"the policy was trained on famil{'y' if len(families) == 1 else 'ies'} {families}: "
                          f"pass --task family=NAME with one of them (got {family!r})")
@@ -135,8 +166,11 @@ def adapt_on_robot(uri: str, address: str, task_params: dict | None = None, epis
     cfg = manifest_config(manifest, uri, allow_plugins, plugin_config)
     rid = robot_id_of(address, robot_id)
     spec = RobotSpec.from_dict({**manifest.get("robot", {}), "robot_id": rid})
-    task = adaptation_task(cfg, task_params, rid)
+    task = adaptation_task(cfg, task_params, rid, manifest.get("default_family"))
     address = with_sim_defaults(address, family=task.family, model=spec.model)
+    if meta.weights.spec.kind == "sac":  # PEARL: adaptation is inference of z on the robot, no gradient step
+        return _adapt_pearl(registry, resolved, meta, address, task, rid, episodes, seed)
+    context = task_vector(manifest, meta.weights.spec, task)
     learner = make_learner(meta.weights.spec, cfg.learner)
     learner.policy.load_weights(meta.weights)
     horizon = cfg.fleet.horizon
@@ -148,17 +182,49 @@ def adapt_on_robot(uri: str, address: str, task_params: dict | None = None, epis
     try:
         weights, params = meta.weights, None
         for k in range(steps):  # MAML's protocol: each step adapts on episodes of the current policy
-            support = collect(robot, weights, task, spec, episodes, horizon, request_seed(seed, k, 1), safety)
+            support = collect(robot, weights, task, spec, episodes, horizon, request_seed(seed, k, 1), safety,
+                              context=context)
             params, [weights] = learner.adapt([support], f"{rid}/step{k + 1}", params=params)
         evaluation_seed = request_seed(seed, 99)
-        before = collect(robot, meta.weights, task, spec, episodes, horizon, evaluation_seed, safety, True, "eval")
-        after = collect(robot, weights, task, spec, episodes, horizon, evaluation_seed, safety, True, "eval")
+        before = collect(robot, meta.weights, task, spec, episodes, horizon, evaluation_seed, safety, True, "eval",
+                         context)
+        after = collect(robot, weights, task, spec, episodes, horizon, evaluation_seed, safety, True, "eval", context)
     finally:
         robot.close()
     return _register(registry, resolved, meta, weights, rid, task, before, after, episodes, steps)
 
 
-def _register(registry, resolved, meta, weights, rid, task, before, after, episodes, steps) -> AdaptResult:
+def _adapt_pearl(registry, resolved, meta, address, task, rid, episodes, seed) -> AdaptResult:
+    """PEARL's adaptation, as on the robot itself (`fleet run --adapt`): `episodes` context episodes through the
+    safety layer, the posterior q(z | context) from the numpy encoder, evaluated against z from the prior on the
+    same seeds; the adapted artifact is the meta-policy's weights plus the inferred posterior (its manifest's
+    ``posterior``: mu, var and the z it acts with)."""
+    from deploy.runtime import RobotRuntime
+
+    runtime = RobotRuntime(meta, SafetyConfig(), deterministic=True)
+    try:
+        robot = connect_robot(address)
+    except OSError as exc:  # refused, unreachable, timed out, failed handshake
+        raise ConnectionError(f"robot {address} is unreachable: {exc}") from None
+    named = {**task.params, "family": task.family}
+    first = seed + episodes  # evaluation seeds: after the context episodes', the same before and after
+    try:
+        runtime.check_robot(robot)
+        runtime.use_prior(seed)
+        before = [runtime.run_episode(robot, task=named, seed=first + i) for i in range(episodes)]
+        adapted = runtime.adapt(robot, episodes, named, seed)
+        after = [runtime.run_episode(robot, task=named, seed=first + i) for i in range(episodes)]
+    finally:
+        robot.close()
+    posterior = {"mu": adapted["mu"], "var": adapted["var"], "z": adapted["z"], "context_episodes": episodes,
+                 "transitions": adapted["transitions"], "collect_s": adapted["collect_s"],
+                 "infer_s": adapted["infer_s"]}
+    return _register(registry, resolved, meta, meta.weights, rid, task, EpisodeFigures(before),
+                     EpisodeFigures(after), episodes, 0, extra={"posterior": posterior})
+
+
+def _register(registry, resolved, meta, weights, rid, task, before, after, episodes, steps,
+              extra: dict | None = None) -> AdaptResult:
     parent_name = resolved.name or meta.manifest.get("registered_model", "metafleet")
     model = f"{parent_name}-adapted"
     figures = {"return_before": before.mean_return(), "return_after": after.mean_return(),
@@ -170,7 +236,7 @@ def _register(registry, resolved, meta, weights, rid, task, before, after, episo
     inherited = ("format", "policy", "version", "weights_sha256", "content_sha256")  # save() writes fresh ones
     manifest = {k: v for k, v in meta.manifest.items() if k not in inherited}
     artifact = PolicyArtifact.build(weights, **{**manifest, "kind": "adapted-policy", "lineage": lineage,
-                                                "code_version": git_commit()})
+                                                "code_version": git_commit(), **(extra or {})})
     tracker = Tracker(registry.uri, ADAPT_EXPERIMENT, run_name=f"adapt-{rid}")
     try:
         tracker.log_params({k: str(v) for k, v in lineage.items()})
@@ -178,10 +244,17 @@ def _register(registry, resolved, meta, weights, rid, task, before, after, episo
         tags = {**{k: str(v) for k, v in lineage.items()}, **{k: f"{v:.4f}" for k, v in figures.items()},
                 "kind": "adapted-policy", "family": task.family}
         tracker.set_tags(tags)
-        version = registry.publish(model, artifact, tracker.run_id, tags, aliases=("candidate",))
+        version = registry.publish(model, artifact, tracker.run_id, tags)
         moved = figures["return_after"] >= figures["return_before"]
+        gate = {**figures, "gain": figures["return_after"] - figures["return_before"], "robot": rid,
+                "parent": f"{parent_name}/{resolved.version or ''}", "episodes": episodes, "steps": steps}
+        command = f"fleet adapt {resolved.uri} --robot-id {rid} --episodes {episodes} --steps {steps}"
+        move_alias(registry.client, model, "candidate", version, reason=f"newest adapted version (robot {rid})",
+                   gate="adapt", passed=None, figures=gate, command=command)
         if moved:
-            registry.client.set_registered_model_alias(model, f"robot-{rid}", version)
+            move_alias(registry.client, model, f"robot-{rid}", version, gate="adapt", passed=True, figures=gate,
+                       reason=f"adaptation did not make it worse: return {figures['return_after']:.3f} after >= "
+                              f"{figures['return_before']:.3f} before", command=command)
         registry.client.set_model_version_tag(model, version, "robot_alias_moved", str(moved).lower())
     finally:
         tracker.close()

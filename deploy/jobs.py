@@ -10,15 +10,18 @@ import tempfile
 from dataclasses import dataclass
 
 import fleet
+from deploy.history import move_alias
 from deploy.manifest_config import manifest_config
 from deploy.registry import Registry, git_commit, log_serving_model
 from fleet.tasks import family_weights
 from learner.builder import make_learner, robot_of, task_distribution
+from learner.conditioning import conditioning_manifest
 from learner.config import Config, ConfigError, load_config
 from learner.evaluation import EvalProtocol, EvalResult, evaluate
 from learner.trainer import TrainResult, train
 from policy import OBS_CLIP
 from policy.artifact import PolicyArtifact
+from policy.taskvec import mixture_default
 from workers.backends import make_pool
 
 
@@ -53,7 +56,9 @@ def meta_policy_artifact(cfg: Config, result: TrainResult) -> PolicyArtifact:
         spaces=result.spaces,
         algorithm=cfg.learner.algorithm,
         normalizer={"arrays": ["obs_mean", "obs_std"], "clip": OBS_CLIP, "applied": "clip((obs - mean) / std)"},
-        conditioning=None,  # task-agnostic policy: the task is inferred from reward through adaptation
+        # a task-conditioned policy: how the robot builds its task vector (None: the task is inferred from reward)
+        conditioning=conditioning_manifest(weights.spec, getattr(result.learner, "encoder", None)),
+        default_family=mixture_default(cfg.fleet.family),  # what `fleet run` runs of a mixture unless told
         adaptation={"inner_lr": cfg.learner.inner_lr, "gamma": cfg.learner.gamma,
                     "gae_lambda": cfg.learner.gae_lambda, "inner_steps": cfg.learner.inner_steps},
         fleet=cfg.fleet.model_dump(mode="json"),
@@ -82,7 +87,12 @@ def run_training(cfg: Config, resume_run_id: str | None = None) -> TrainJobResul
             tags[f"eval_success_step{k}"] = f"{s['success_mean']:.3f}"
         registry = Registry(tracker.uri)
         artifact = meta_policy_artifact(cfg, result)
-        version = registry.publish(cfg.tracking.registered_model, artifact, result.run_id, tags, aliases=("candidate",))
+        version = registry.publish(cfg.tracking.registered_model, artifact, result.run_id, tags)
+        move_alias(registry.client, cfg.tracking.registered_model, "candidate", version, gate="train", passed=None,
+                   reason=f"newest meta-policy of training run {result.run_id}", command=f"fleet train ({cfg.name})",
+                   figures={"env_steps": result.env_steps, "iterations": result.iterations,
+                            **{f"held_out_return_step{k}": s["return_mean"] for k, s in summary.items()},
+                            **{f"held_out_success_step{k}": s["success_mean"] for k, s in summary.items()}})
         log_serving_model(result.run_id, artifact)
         tracker.set_tags({"registered_model": cfg.tracking.registered_model, "registered_version": version})
     except BaseException:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from mlflow.exceptions import MlflowException
 
+from deploy.history import move_alias
 from deploy.jobs import evaluate_model
 from deploy.registry import Registry, RegistryError
 
@@ -65,7 +66,13 @@ def promote(model: str, version: str, alias: str = "production", force: bool = F
     else:
         promoted, reason = False, f"candidate {candidate_return:.3f} <= incumbent {incumbent_return:.3f}"
     if promoted:
-        registry.client.set_registered_model_alias(model, alias, version)
+        passed = incumbent_return is None or candidate_return > incumbent_return  # forced past a better one: False
+        figures = {"candidate_version": version, "candidate_return": candidate_return, "incumbent_version": incumbent,
+                   "incumbent_return": incumbent_return, "forced": force, "steps": ",".join(map(str, steps)),
+                   "episodes": episodes, "held_out_tasks": num_tasks}
+        move_alias(registry.client, model, alias, version, reason=reason, gate="promote", passed=passed,
+                   figures=figures, command=f"fleet promote {model} --version {version} --alias {alias}"
+                   + (" --force" if force else ""))
     tags = {"promote_alias": alias, "promote_decision": "promoted" if promoted else "rejected",
             "promote_reason": reason, "promote_candidate_return": f"{candidate_return:.4f}",
             "promote_incumbent_version": incumbent or "",

@@ -4,7 +4,6 @@ with digest verification. MLflow stores no content digest, so we keep our own (t
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import subprocess
@@ -16,10 +15,10 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from deploy.mlflow_model import RUN_ID, save_policy_model
 from learner.tracking import resolve_tracking_uri
 from policy.artifact import PolicyArtifact
 
-RUN_ID = re.compile(r"^[A-Za-z0-9_-]+$")
 MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w\-]+))$")
 
 
@@ -63,11 +62,12 @@ class Registry:
 
     def publish(self, name: str, artifact: PolicyArtifact, run_id: str, tags: dict | None = None,
                 aliases: tuple[str, ...] = ()) -> str:
-        """Log the artifact into `run_id` under `policy/` and register it as a new version."""
+        """Log the artifact into `run_id` under `policy/` as an MLflow model (deploy/mlflow_model.py: the two
+        artifact files plus an MLmodel whose loader is metafleet's) and register it as a new version."""
         with tempfile.TemporaryDirectory() as tmp:
-            digest = artifact.save(tmp)
+            digest = save_policy_model(artifact, Path(tmp) / "policy", run_id, "policy")
             weights_digest = artifact.manifest["weights_sha256"]
-            self.client.log_artifacts(run_id, tmp, "policy")
+            self.client.log_artifacts(run_id, str(Path(tmp) / "policy"), "policy")
         source = f"{self.client.get_run(run_id).info.artifact_uri}/policy"
         try:
             self.client.create_registered_model(name)
@@ -138,22 +138,10 @@ def _short(exc: MlflowException) -> str:
 
 
 def log_serving_model(run_id: str, artifact: PolicyArtifact) -> str:
-    """Log the policy as a models-from-code pyfunc under `serving/` of `run_id` (no pickle)."""
-    import numpy as np
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
-    spec = artifact.weights.spec
-    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, spec.obs_dim))]),
-                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, spec.act_dim))]))
-    code = Path(__file__).with_name("serving.py")
-    active = mlflow.active_run()
-    same_run = active is not None and active.info.run_id == run_id
-    with tempfile.TemporaryDirectory() as policy_dir, \
-            contextlib.nullcontext() if same_run else mlflow.start_run(run_id=run_id):
-        digest = artifact.save(policy_dir)
-        # The digest travels in the MLmodel file: load_context refuses policy files that do not match it.
-        info = mlflow.pyfunc.log_model(name="serving", python_model=str(code), artifacts={"policy": policy_dir},
-                                       model_config={"content_sha256": digest}, signature=signature,
-                                       pip_requirements=["metafleet", "numpy", "safetensors"])
-    return info.model_uri
+    """Log the same MLflow model as the registered version under `serving/` of `run_id` (kept so that
+    `runs:/<run>/serving` links go on working; `models:/NAME@ALIAS` and `runs:/<run>/policy` serve too)."""
+    client = MlflowClient(mlflow.get_tracking_uri())
+    with tempfile.TemporaryDirectory() as tmp:
+        save_policy_model(artifact, Path(tmp) / "serving", run_id, "serving")
+        client.log_artifacts(run_id, str(Path(tmp) / "serving"), "serving")
+    return f"runs:/{run_id}/serving"

@@ -1,7 +1,7 @@
 """Task conditioning for multi-task policies: what the task vector c is (`TaskEncoder`) and the
 torch pieces through which it enters the network (`MultiHead`, `film`, `broadcast_context`).
 
-Modes (`PolicySpec.conditioning`; the numpy twin is workers.policy.NumpyGaussianPolicy):
+Modes (`PolicySpec.conditioning`; the numpy twin is policy.mlp.NumpyGaussianPolicy):
 
 - concat:    c appended to the normalised observation;
 - additive:  a learned linear embedding E c added to the first hidden pre-activation;
@@ -28,8 +28,10 @@ from torch import nn
 
 from fleet.tasks import Task
 from policy import PolicySpec
+from policy.taskvec import ENCODINGS, TaskVectorEncoder, flatten_params
 
-ENCODINGS = ("onehot", "params")
+__all__ = ["ENCODINGS", "MultiHead", "TaskEncoder", "broadcast_context", "conditioned_spec",
+           "conditioning_manifest", "film", "flatten_params"]
 
 
 def conditioned_spec(spec: PolicySpec, conditioning: str, context_dim: int) -> PolicySpec:
@@ -40,26 +42,10 @@ def conditioned_spec(spec: PolicySpec, conditioning: str, context_dim: int) -> P
     return replace(spec, conditioning=conditioning, context_dim=context_dim, num_heads=heads)
 
 
-def flatten_params(params: dict) -> list[float]:
-    """Numeric leaves of a task's params, keys sorted, lists flattened; strings are skipped (not numbers)."""
-    out: list[float] = []
-
-    def visit(value) -> None:
-        if isinstance(value, dict):
-            for key in sorted(value):
-                visit(value[key])
-        elif isinstance(value, list | tuple):
-            for item in value:
-                visit(item)
-        elif isinstance(value, bool | int | float | np.number):
-            out.append(float(value))
-
-    visit(params)
-    return out
-
-
 class TaskEncoder:
-    """Maps a `Task` to its task vector. Built once from the training tasks; state is plain data.
+    """Maps a `Task` to its task vector. Built once from the training tasks; state is plain data. The vector
+    itself is built by `policy.taskvec.TaskVectorEncoder`, the very code the robot runtime runs (its manifest
+    form: `to_manifest`), so training and deployment cannot drift.
 
     >>> encoder = TaskEncoder("onehot", train_tasks)
     >>> encoder.encode(train_tasks[2])     # (0.0, 0.0, 1.0, 0.0, ...)
@@ -72,37 +58,29 @@ class TaskEncoder:
             raise ValueError("a task-conditioned learner needs its training tasks (train_tasks) to build task "
                              "vectors; got none")
         self.encoding = encoding
-        self.index = {task.task_id: i for i, task in enumerate(train_tasks)}
-        self.mean: np.ndarray = np.zeros(0)
-        self.std: np.ndarray = np.ones(0)
-        if encoding == "params":
-            raw = [flatten_params(task.params) for task in train_tasks]
-            lengths = {len(r) for r in raw}
-            if len(lengths) != 1 or 0 in lengths:
-                raise ValueError(f"task_encoding 'params' needs every training task to have the same, non-zero "
-                                 f"number of numeric params; got lengths {sorted(lengths)}")
-            table = np.asarray(raw, np.float64)
-            self.mean, std = table.mean(0), table.std(0)
-            self.std = np.where(std > 1e-8, std, 1.0)  # a constant param carries no task information
+        self.vectors = TaskVectorEncoder.from_tasks(encoding, [(t.family, t.task_id, t.params) for t in train_tasks])
+        self.index = self.vectors.index
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.vectors.mean
+
+    @property
+    def std(self) -> np.ndarray:
+        return self.vectors.std
 
     @property
     def dim(self) -> int:
-        return len(self.index) if self.encoding == "onehot" else len(self.mean)
+        return self.vectors.dim
 
     def encode(self, task: Task) -> tuple[float, ...]:
         """The task vector of `task` (held-out tasks: uniform one-hot, or their scaled params)."""
-        if self.encoding == "onehot":
-            k = len(self.index)
-            if task.task_id not in self.index:
-                return (1.0 / k,) * k
-            vector = [0.0] * k
-            vector[self.index[task.task_id]] = 1.0
-            return tuple(vector)
-        raw = np.asarray(flatten_params(task.params), np.float64)
-        if raw.shape != self.mean.shape:
-            raise ValueError(f"task {task.task_id!r} has {raw.size} numeric params; the training tasks had "
-                             f"{self.mean.size}")
-        return tuple(float(v) for v in (raw - self.mean) / self.std)
+        vector = self.vectors.encode(task.params, task.family, task.task_id)
+        return tuple(float(v) for v in vector)
+
+    def to_manifest(self) -> dict:
+        """What the artifact's manifest carries (``manifest["conditioning"]``) for the robot to encode tasks."""
+        return self.vectors.to_manifest()
 
     def state_dict(self) -> dict:
         return {"encoding": self.encoding, "mean": self.mean.tolist(), "std": self.std.tolist()}
@@ -110,7 +88,22 @@ class TaskEncoder:
     def load_state_dict(self, state: dict) -> None:
         if state["encoding"] != self.encoding:
             raise ValueError(f"checkpoint encodes tasks as {state['encoding']!r}, not {self.encoding!r}")
-        self.mean, self.std = np.asarray(state["mean"], np.float64), np.asarray(state["std"], np.float64)
+        self.vectors.mean = np.asarray(state["mean"], np.float64)
+        self.vectors.std = np.asarray(state["std"], np.float64)
+
+
+def conditioning_manifest(spec: PolicySpec, encoder: TaskEncoder | None) -> dict | None:
+    """``manifest["conditioning"]`` of a policy: its mode and everything a robot needs to build task vectors the
+    way training did (None for a task-agnostic policy). `encoder`: the learner's (MultiTaskPPO.encoder)."""
+    if spec.conditioning == "none" or spec.kind != "mlp":
+        return None
+    if encoder is None:
+        raise ValueError(f"a {spec.conditioning!r}-conditioned policy needs its learner's task encoder to be "
+                         "deployable; the learner has none")
+    if encoder.dim != spec.context_dim:
+        raise ValueError(f"the task encoder builds vectors of length {encoder.dim}, the policy takes "
+                         f"{spec.context_dim}")
+    return {"mode": spec.conditioning, **encoder.to_manifest()}
 
 
 def broadcast_context(context: torch.Tensor, batch_shape: torch.Size, dim: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 
-from metafleet import registry_commands, robot_commands
+from metafleet import fleet_commands, registry_commands, robot_commands
 from metafleet.args import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, bad_input, error
 from metafleet.registry_commands import add_plugin_args
 
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     add_training_parsers(sub)
-    for commands in (registry_commands, robot_commands):
+    for commands in (registry_commands, robot_commands, fleet_commands):
         commands.add_parsers(sub)
     return parser
 
@@ -141,8 +141,11 @@ def fleet_text(cfg) -> str:
 def summary_text(job) -> str:
     result = job.train
     summary = result.final_eval.summary()
-    lines = [f"\nheld-out tasks after meta-training ({len(result.final_eval.task_ids)} tasks, mean ± stderr):",
-             result.final_eval.table()]
+    from learner.evaluation import comparison_table
+
+    lines = [f"\nheld-out tasks after meta-training ({len(result.final_eval.task_ids)} tasks, mean ± stderr; round k = "
+             f"after k adaptation steps or context episodes):",
+             comparison_table(result.learner.algorithm, result.final_eval, result.baselines)]
     if 0 in summary and 1 in summary:
         pre, post = summary[0], summary[1]
         lines.append(f"return before adaptation {pre['return_mean']:.2f} ± {pre['return_stderr']:.2f} -> after 1 step "

@@ -32,6 +32,14 @@ def add_parsers(sub) -> None:
     run.add_argument("--max-action-rate", default="0.5", metavar="X",
                      help="largest change of an action entry per step, in action units; 'none' turns it off")
     run.add_argument("--stochastic", action="store_true", help="sample actions instead of the policy's mean")
+    run.add_argument("--trial-episodes", type=int, metavar="N",
+                     help="recurrent policies: episodes that share one hidden state before it is reset (default: "
+                          "the manifest's learner.trial_episodes; the state carries across all episodes without it)")
+    run.add_argument("--adapt", action="store_true",
+                     help="PEARL policies: collect --episodes context episodes, infer the task posterior on the "
+                          "robot, then run --eval-episodes with it (and, before, with z from the prior)")
+    run.add_argument("--eval-episodes", type=int, metavar="M",
+                     help="with --adapt: episodes before and after adaptation (default: --episodes)")
     run.add_argument("--video", metavar="PATH", help="write frames of a sim: robot to PATH (.gif, or .mp4 with "
                                                      "imageio-ffmpeg)")
     run.add_argument("--token-file", metavar="FILE", help=f"token for tcp:// robots (default: ${TOKEN_ENV})")
@@ -59,17 +67,29 @@ def cmd_run(args) -> int:
         if args.episodes < 1:
             raise BadInput(f"--episodes must be >= 1, got {args.episodes}")
         _check_video(args.video, args.robot)
-        runtime = RobotRuntime(args.policy_dir, SafetyConfig(max_action_rate=rate), deterministic=not args.stochastic)
+        for flag, value in (("--trial-episodes", args.trial_episodes), ("--eval-episodes", args.eval_episodes)):
+            if value is not None and value < 1:
+                raise BadInput(f"{flag} must be >= 1, got {value}")
+        if args.eval_episodes is not None and not args.adapt:
+            raise BadInput("--eval-episodes goes with --adapt (the episodes before and after adaptation)")
+        runtime = RobotRuntime(args.policy_dir, SafetyConfig(max_action_rate=rate), deterministic=not args.stochastic,
+                               trial_episodes=args.trial_episodes)
     except BadInput as exc:
         return error(str(exc))
     except (ArtifactError, OSError) as exc:
         return error(f"cannot load policy {args.policy_dir!r}: {exc}")
     try:
+        _check_kind(args, runtime)
+        runtime.set_task(task)
+    except ValueError as exc:  # an unknown family, a mixture without one, a conditioned policy without its task
+        return error(str(exc))
+    try:
         robot = _connect(args, runtime, task)
     except BadInput as exc:
         return error(str(exc))
     try:
-        results, frames = _run_episodes(args, runtime, robot, task)
+        run = _run_adapted if args.adapt else _run_episodes
+        results, frames = run(args, runtime, robot, task)
     except (ValueError, RuntimeError, OSError) as exc:  # schema errors, robot errors, lost connections
         return error(f"run on {args.robot} failed: {exc}", EXIT_FAILED)
     finally:
@@ -92,12 +112,12 @@ def _connect(args, runtime, task):
     if args.robot.startswith("tcp://"):
         kw = {"token": _token(args.token_file, required=False) or None}
     else:
-        family = runtime.manifest.get("family") or (runtime.manifest.get("fleet") or {}).get("family") or "reach"
+        family = runtime.family  # the one family chosen (--task family=NAME, or the manifest's default)
         if _names_plugin(family) and not _address_sets_family(args.robot):
             raise BadInput(f"policy {args.policy_dir!r} names plugin task family {family!r}: `fleet run` never "
                            "imports code named by a policy; name the family yourself in the address, e.g. "
                            f"--robot '{args.robot}?family=MODULE:OBJECT'")
-        kw = {"family": family, "horizon": runtime.horizon or 50, "task": task, "render": bool(args.video)}
+        kw = {"family": family, "horizon": runtime.horizon or 50, "task": runtime.task, "render": bool(args.video)}
     model = (runtime.manifest.get("robot") or {}).get("model")
     try:
         robot = connect_robot(with_sim_defaults(args.robot, model=model), **kw)
@@ -126,28 +146,89 @@ def _address_sets_family(address: str) -> bool:
     return address.startswith("sim:") and "family" in dict(parse_qsl(query, keep_blank_values=True))
 
 
-def _run_episodes(args, runtime, robot, task) -> tuple[list[dict], list]:
-    frames: list = []
+def _check_kind(args, runtime) -> None:
+    """Flags that fit only some policy kinds, refused with what the policy is."""
+    driver, what = runtime.driver, f"policy {args.policy_dir!r} ({runtime.manifest.get('algorithm', '?')}, " \
+                                    f"kind {runtime.driver.spec.kind!r})"
+    if args.adapt and not driver.latent:
+        raise BadInput(f"--adapt infers a task latent on the robot: it needs a PEARL (context) policy; {what} is not "
+                       "one (gradient-step adaptation: `fleet adapt`)")
+    if args.trial_episodes is not None and not driver.recurrent:
+        raise BadInput(f"--trial-episodes applies to recurrent policies; {what} keeps no state across steps")
+
+
+def _episode_line(label: str, result: dict) -> str:
+    return (f"{label}: return {result['return']:8.3f}  success {'yes' if result['success'] else 'no ':<3}  "
+            f"steps {result['steps']}  safe stops {result['safe_stops']}  clipped {result['clipped']}  "
+            f"rate-limited {result['rate_limited']}")
+
+
+def _run_episodes(args, runtime, robot, task, first_seed: int | None = None, count: int | None = None,
+                  phase: str | None = None, frames: list | None = None) -> tuple[list[dict], list]:
+    frames = [] if frames is None else frames
     on_frame = frames.append if args.video else None
+    first_seed, count = (args.seed if first_seed is None else first_seed), (count or args.episodes)
     results = []
-    for i in range(args.episodes):
-        result = runtime.run_episode(robot, task=task, seed=args.seed + i, on_frame=on_frame)
-        results.append({"episode": i, "seed": args.seed + i, **result})
+    for i in range(count):
+        result = runtime.run_episode(robot, task=task, seed=first_seed + i, on_frame=on_frame)
+        results.append({"episode": i, "seed": first_seed + i, **({"phase": phase} if phase else {}), **result})
         if not args.json:
-            print(f"episode {i + 1}/{args.episodes}: return {result['return']:8.3f}  "
-                  f"success {'yes' if result['success'] else 'no ':<3}  steps {result['steps']}  "
-                  f"safe stops {result['safe_stops']}  clipped {result['clipped']}  "
-                  f"rate-limited {result['rate_limited']}", flush=True)
+            label = f"{phase + ' ' if phase else ''}episode {i + 1}/{count}"
+            print(_episode_line(label, result) + (f"  trial episode {result['trial_episode']}"
+                                                  if runtime.driver.recurrent else ""), flush=True)
     return results, frames
+
+
+def _run_adapted(args, runtime, robot, task) -> tuple[list[dict], list]:
+    """PEARL on the robot: before (z from the prior), --episodes context episodes + posterior, after."""
+    evals, first = args.eval_episodes or args.episodes, args.seed + args.episodes  # same seeds before and after
+    runtime.use_prior(args.seed)
+    before, frames = _run_episodes(args, runtime, robot, task, first, evals, "before")
+    adapted = runtime.adapt(robot, args.episodes, task, args.seed)
+    if not args.json:
+        for i, result in enumerate(adapted["episodes"]):
+            print(_episode_line(f"context episode {i + 1}/{args.episodes}", result), flush=True)
+    after, frames = _run_episodes(args, runtime, robot, task, first, evals, "after", frames)
+    summary = {k: adapted[k] for k in ("mu", "var", "z", "transitions", "collect_s", "infer_s", "adapt_s")}
+    summary |= {"context_episodes": [{"episode": i, "seed": args.seed + i, **r}
+                                     for i, r in enumerate(adapted["episodes"])],
+                "return_before": _mean(before, "return"), "return_after": _mean(after, "return"),
+                "success_before": _mean(before, "success"), "success_after": _mean(after, "success"),
+                "before": before}
+    args.adaptation = summary
+    if not args.json:
+        print(f"adaptation: {args.episodes} context episode(s), {adapted['transitions']} transitions: collect "
+              f"{adapted['collect_s']:.3f} s + infer {adapted['infer_s'] * 1e3:.2f} ms = {adapted['adapt_s']:.3f} s")
+        gain = summary["return_after"] - summary["return_before"]
+        print(f"return before (z from the prior) {summary['return_before']:.3f}, success "
+              f"{summary['success_before']:.2f} -> after (z from the posterior) {summary['return_after']:.3f}, "
+              f"success {summary['success_after']:.2f} (gain {gain:+.3f})")
+    return after, frames
+
+
+def _mean(results: list[dict], key: str) -> float:
+    return sum(float(r[key]) for r in results) / len(results)
 
 
 def _report(args, runtime, results: list[dict]) -> None:
     mean_return = sum(r["return"] for r in results) / len(results)
     success_rate = sum(r["success"] for r in results) / len(results)
     if args.json:
-        print(json.dumps({"policy_dir": str(args.policy_dir), "policy_version": runtime.policy.version,
-                          "robot": args.robot, "episodes": results, "mean_return": mean_return,
-                          "success_rate": success_rate, "safety": dict(runtime.safety.counters)}, indent=2))
+        out = {"policy_dir": str(args.policy_dir), "policy_version": runtime.policy.version,
+               "policy_kind": runtime.driver.spec.kind, "conditioning": runtime.driver.spec.conditioning,
+               "family": runtime.family, "robot": args.robot, "episodes": results, "mean_return": mean_return,
+               "success_rate": success_rate, "safety": dict(runtime.safety.counters)}
+        if runtime.driver.conditioned:
+            out["task_vector"] = runtime.driver.context.tolist()
+            out["task_held_out"] = runtime.driver.task_held_out
+        if runtime.driver.recurrent:
+            out["trial_episodes"] = runtime.trial_episodes
+        if runtime.driver.latent:
+            out["z"] = runtime.driver.context.tolist()
+            out["z_from"] = "posterior" if runtime.driver.posterior is not None else "prior"
+        if getattr(args, "adaptation", None) is not None:
+            out["adaptation"] = args.adaptation
+        print(json.dumps(out, indent=2))
     else:
         print(f"mean return {mean_return:.3f} over {len(results)} episode(s), success rate {success_rate:.2f}")
 

@@ -4,6 +4,8 @@
 - `policy.mlp`, `policy.gru`, `policy.sac`: the numpy policies (Gaussian MLP, plain or task-conditioned; RL^2 GRU;
   PEARL's z-conditioned tanh-Gaussian actor). `policy.context`: PEARL's context encoder (task inference).
 - `policy.factory.make_policy`: the numpy policy for a spec's kind.
+- `policy.taskvec`: task vectors of task-conditioned policies (training and robots build them with the same code).
+- `policy.driver.PolicyDriver`: any kind stepped one observation at a time, with its task vector, state or latent.
 - `policy.artifact`: the artifact format (safetensors weights + JSON manifest), verified on load.
 
 Workers, the learner and the robot runtime all use this package; it imports nothing else of ours.
@@ -15,11 +17,13 @@ Workers, the learner and the robot runtime all use this package; it imports noth
 
 from policy.artifact import ArtifactError, PolicyArtifact
 from policy.context import ContextEncoder
+from policy.driver import PolicyDriver
 from policy.factory import make_policy
 from policy.gru import NumpyRecurrentPolicy
 from policy.mlp import NumpyGaussianPolicy
 from policy.sac import NumpySACPolicy
 from policy.spec import INPUT_CLIP, LOG_2PI, OBS_CLIP, PolicySpec, PolicyWeights, gru_shapes, input_dim
+from policy.taskvec import TaskVectorEncoder
 
 __all__ = [
     "INPUT_CLIP",
@@ -31,8 +35,10 @@ __all__ = [
     "NumpyRecurrentPolicy",
     "NumpySACPolicy",
     "PolicyArtifact",
+    "PolicyDriver",
     "PolicySpec",
     "PolicyWeights",
+    "TaskVectorEncoder",
     "gru_shapes",
     "input_dim",
     "make_policy",

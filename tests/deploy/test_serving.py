@@ -1,4 +1,4 @@
-"""The registered policy is also an MLflow pyfunc (models from code): servable, never pickled."""
+"""`runs:/<run>/serving`: the registered version's MLflow model (metafleet's loader_module), never pickled."""
 
 import json
 import os
@@ -36,8 +36,9 @@ def test_no_pickle_in_the_logged_model(store):
 
     local = mlflow.artifacts.download_artifacts(serving_uri(store))
     files = [os.path.join(d, f) for d, _, fs in os.walk(local) for f in fs]
-    assert any(f.endswith("serving.py") for f in files)
-    assert not [f for f in files if f.endswith((".pkl", ".pickle", ".cloudpickle"))]
+    assert not [f for f in files if f.endswith((".pkl", ".pickle", ".cloudpickle", ".py"))]  # nothing to execute
+    with open(os.path.join(local, "MLmodel")) as mlmodel:
+        assert "loader_module: deploy.mlflow_model" in mlmodel.read()  # code installed with metafleet
 
 
 @pytest.mark.slow

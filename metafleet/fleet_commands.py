@@ -1,0 +1,164 @@
+"""`fleet history`, `fleet rollback`, `fleet status`: which version each robot runs, who moved it, and why.
+
+The records are written by every alias move (train -> @candidate, promote -> @production, adapt ->
+@robot-<id>) into the MLflow registry (see deploy/history.py); these commands read them and move an alias
+back through them.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+
+from metafleet.args import EXIT_FAILED, EXIT_OK, bad_input, error
+
+
+def add_parsers(sub) -> None:
+    """Add the history, rollback, status subcommands to an argparse subparsers object."""
+    history = sub.add_parser("history", help="every recorded alias move of a model: who, when, why (gate figures)")
+    history.add_argument("model", help="registered model name, e.g. reach-maml or reach-maml-adapted")
+    which = history.add_mutually_exclusive_group()
+    which.add_argument("--robot", metavar="ID", help="only the moves of @robot-ID")
+    which.add_argument("--alias", help="only the moves of this alias, e.g. production")
+    history.add_argument("--json", action="store_true", help="print JSON")
+    history.set_defaults(handler=cmd_history)
+
+    rollback = sub.add_parser("rollback", help="move a robot's alias back to its previous version that passed its "
+                                               "gate")
+    rollback.add_argument("model", help="registered model holding the alias, e.g. reach-maml-adapted")
+    which = rollback.add_mutually_exclusive_group(required=True)
+    which.add_argument("--robot", metavar="ID", help="roll back @robot-ID")
+    which.add_argument("--alias", help="roll back another alias, e.g. production")
+    rollback.add_argument("--reason", default="", help="why (recorded in the history)")
+    rollback.add_argument("--json", action="store_true", help="print JSON")
+    rollback.set_defaults(handler=cmd_rollback)
+
+    status = sub.add_parser("status", help="the fleet: each alias and robot, its version, parent, gain, last move")
+    status.add_argument("models", nargs="*", metavar="MODEL",
+                        help="registered models (each with its -adapted model); default: all")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(handler=cmd_status)
+
+
+def _client():
+    from deploy.registry import Registry
+
+    return Registry().client
+
+
+def _alias(args) -> str | None:
+    from deploy.history import robot_alias
+
+    return robot_alias(args.robot) if args.robot else args.alias
+
+
+def _warn(problems: list[str]) -> None:
+    for line in problems:
+        print(f"fleet: warning: {line}", file=sys.stderr)
+
+
+def cmd_history(args) -> int:
+    from mlflow.exceptions import MlflowException
+
+    from deploy.history import HistoryError, adapted_hint, alias_holder, read_history
+
+    alias = _alias(args)
+    try:
+        client = _client()
+        records, problems = read_history(client, args.model, alias)
+        if alias and not records and alias_holder(client, args.model, alias) is None:
+            raise HistoryError(f"models:/{args.model}@{alias} is not set and has no recorded moves"
+                               + adapted_hint(client, args.model, alias))
+    except HistoryError as exc:
+        return bad_input(str(exc))
+    except MlflowException as exc:
+        return error(f"cannot read the registry: {exc}", EXIT_FAILED)
+    _warn(problems)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in records], indent=2))
+        return EXIT_OK
+    scope = f"@{alias}" if alias else "all aliases"
+    if not records:
+        print(f"models:/{args.model} ({scope}): no recorded alias moves")
+        return EXIT_OK
+    print(f"models:/{args.model} ({scope}): {len(records)} recorded alias move{'s' * (len(records) != 1)}, "
+          "oldest first")
+    for r in records:
+        verdict = {True: "passed", False: "not passed", None: "no gate"}[r.passed]
+        start = f"v{r.from_version}" if r.from_version else "(unset)"
+        print(f"#{r.seq:<3} {r.when}  @{r.alias}: {start} -> v{r.to_version}  by {r.who}@{r.host}  "
+              f"[{r.gate}: {verdict}]")
+        print(f"     why: {r.reason}")
+        if r.figures:
+            print(f"     figures: {figures_text(r.figures)}")
+        if r.command:
+            print(f"     command: {r.command}")
+    return EXIT_OK
+
+
+def figures_text(figures: dict) -> str:
+    def one(value):
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return json.dumps(value) if value is None or isinstance(value, bool) else str(value)
+
+    return " ".join(f"{k}={one(v)}" for k, v in sorted(figures.items()))
+
+
+def cmd_rollback(args) -> int:
+    from mlflow.exceptions import MlflowException
+
+    from deploy.history import HistoryError, rollback
+
+    alias = _alias(args)
+    command = shlex.join(["fleet", "rollback", args.model, *(["--robot", args.robot] if args.robot else
+                                                              ["--alias", args.alias]),
+                          *(["--reason", args.reason] if args.reason else [])])
+    try:
+        move, restored = rollback(_client(), args.model, alias, args.reason, command)
+    except HistoryError as exc:
+        return bad_input(str(exc))
+    except (MlflowException, RuntimeError) as exc:
+        return error(f"rollback of models:/{args.model}@{alias} failed: {exc}", EXIT_FAILED)
+    if args.json:
+        print(json.dumps({"move": move.to_dict(), "restored": restored.to_dict()}, indent=2))
+        return EXIT_OK
+    print(f"models:/{args.model}@{alias}: v{move.from_version} -> v{move.to_version} (rolled back)")
+    print(f"  v{restored.to_version} passed its {restored.gate} gate {restored.when} (by {restored.who}): "
+          f"{restored.reason}")
+    if restored.figures:
+        print(f"  figures: {figures_text(restored.figures)}")
+    print(f"robots pick it up with: fleet pull models:/{args.model}@{alias} --out DIR")
+    return EXIT_OK
+
+
+def cmd_status(args) -> int:
+    from mlflow.exceptions import MlflowException
+
+    from deploy.history import HistoryError, fleet_models, fleet_status
+
+    try:
+        client = _client()
+        models = fleet_models(client, args.models)
+        rows = fleet_status(client, models)
+    except HistoryError as exc:
+        return bad_input(str(exc))
+    except MlflowException as exc:
+        return error(f"cannot read the registry: {exc}", EXIT_FAILED)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    if not rows:
+        print("no aliases set" + (f" on {', '.join(models)}" if models else " (no registered models)"))
+        return EXIT_OK
+    header = ("MODEL", "ALIAS", "ROBOT", "VERSION", "PARENT", "GAIN", "MOVED (UTC)", "BY", "WHY")
+    table = [header] + [(r["model"], f"@{r['alias']}", r["robot"] or "-", f"v{r['version']}", r["parent"] or "-",
+                         "-" if r["gain"] is None else f"{r['gain']:+.3f}",
+                         r["moved"] or "unrecorded", r["by"] or "-",
+                         r["why"] or "moved outside fleet history") for r in rows]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header) - 1)]
+    for row in table:
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+    return EXIT_OK
+

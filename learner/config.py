@@ -209,6 +209,9 @@ class TrainConfig(_Strict):
     keep_checkpoints: int = Field(3, ge=1, description="newest checkpoints kept on disk")
     overlap: bool = Field(False, description="collect the next iteration's first phase while the learner updates "
                           "(acting one policy version behind; not across a checkpoint, evaluation or stop)")
+    oracle: bool = Field(False, description="also train the oracle yardstick (MT-PPO given the true task params, "
+                         "same env steps) at the end when the learner has none of its own (belief has): about "
+                         "doubles the run's time")
 
     @field_validator("eval_steps")
     @classmethod

@@ -220,6 +220,10 @@ class Trainer:
         yardstick when it has one (`Learner.oracle`), under `evaluate`'s protocol."""
         models = baseline_models(self.learner, self.spec, self.cfg.learner, self.tasks.tasks("train"), self.baselines)
         oracle = self.learner.oracle()
+        if oracle is None and self.cfg.train.oracle:
+            from learner.yardsticks import train_oracle
+
+            oracle = train_oracle(self, self.env_steps)
         if oracle is not None and ORACLE not in models:
             models[ORACLE] = oracle
         return evaluate_baselines(models, self.pool, replace(self.protocol, version=f"eval{self.iteration}"))

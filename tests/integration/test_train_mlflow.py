@@ -80,3 +80,23 @@ def test_single_task_baseline_logs_per_task_returns_and_registers_nothing(mlflow
     [run] = client.search_runs([client.get_experiment_by_name("metafleet").experiment_id])
     assert run.info.status == "FINISHED"
     assert sum(k.startswith("task/") and k.endswith("/return") for k in run.data.metrics) == 2
+
+
+def test_every_final_evaluation_can_carry_the_oracle_and_belief_carries_its_own(mlflow_uri, smoke_config, capsys):
+    """`train.oracle: true` trains MT-PPO given the true params on the run's env-step budget for a learner without
+    an oracle (MAML); the belief learner's oracle is its own actor given the true params. Both end up as a baseline
+    row of the printed table and of eval/final.json, with the fraction-of-oracle column."""
+    client = MlflowClient(mlflow_uri, mlflow_uri)
+    for overrides, name in ((["--set", "train.oracle=true"], "smoke"),
+                            (["--set", "learner.algorithm=belief", "--set", "tracking.registered_model=smoke-belief",
+                              "--set", "learner.model_steps=5"], "smoke-belief")):
+        assert main(["train", smoke_config, *overrides]) == 0
+        out = capsys.readouterr().out
+        assert "of oracle" in out and "\noracle " in out and "\nfrom-scratch " in out, out
+        run_id = client.get_model_version_by_alias(name, "candidate").run_id
+        with open(client.download_artifacts(run_id, "eval/final.json")) as handle:
+            final = json.load(handle)
+        assert set(final["baselines"]) == {"from-scratch", "oracle"}
+        assert final["baselines"]["oracle"]["steps"] == final["steps"]
+    metrics = client.get_run(client.get_model_version_by_alias("smoke", "candidate").run_id).data.metrics
+    assert metrics["oracle/env_steps"] >= metrics["env_steps"]  # whole iterations: at least the run's budget

@@ -5,13 +5,15 @@
 Collect N support episodes on the robot, take K policy-gradient steps (the meta-policy's own
 inner step), evaluate adapted vs unadapted on fresh episodes, register the adapted version
 (parent model/version, robot, task, figures as tags) and move `robot-<id>` only if adaptation
-did not make things worse.
+did not make things worse. Kinds that infer their task adapt without a gradient step: PEARL registers the
+posterior over z; a belief policy registers its task-conditioned actor with the task vector fixed to the mean
+of the belief N episodes left (:func:`fixed_actor`).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import gymnasium as gym
 import numpy as np
@@ -34,6 +36,7 @@ from workers.batch import Batch
 from workers.rollout import rollout
 
 ADAPT_EXPERIMENT = "metafleet-adapt"
+INHERITED = ("format", "policy", "version", "weights_sha256", "content_sha256")  # build()/save() write fresh ones
 
 
 class RobotEnv(gym.Env):
@@ -170,6 +173,8 @@ def adapt_on_robot(uri: str, address: str, task_params: dict | None = None, epis
     address = with_sim_defaults(address, family=task.family, model=spec.model)
     if meta.weights.spec.kind == "sac":  # PEARL: adaptation is inference of z on the robot, no gradient step
         return _adapt_pearl(registry, resolved, meta, address, task, rid, episodes, seed)
+    if meta.weights.spec.kind == "belief":  # task inference: the belief's mean becomes a fixed task vector
+        return _adapt_belief(registry, resolved, meta, cfg, address, task, rid, episodes, seed)
     context = task_vector(manifest, meta.weights.spec, task)
     learner = make_learner(meta.weights.spec, cfg.learner)
     learner.policy.load_weights(meta.weights)
@@ -223,6 +228,61 @@ def _adapt_pearl(registry, resolved, meta, address, task, rid, episodes, seed) -
                      EpisodeFigures(after), episodes, 0, extra={"posterior": posterior})
 
 
+def fixed_actor(meta: PolicyArtifact, train: list[Task], z) -> tuple[PolicyWeights, dict]:
+    """A belief policy's task-conditioned actor ('mlp', concat) and its manifest ``conditioning`` section: the
+    params encoding training used (rebuilt from the training tasks `train`, checked against the belief's prior
+    box) with ``fixed`` = the task vector `z` it acts with, so that `fleet run` needs no ``--task``."""
+    spec = meta.weights.spec
+    actor_spec = replace(spec, kind="mlp", model_sizes=())
+    arrays = {k: v for k, v in meta.weights.arrays.items() if k in actor_spec.weight_shapes()}
+    encoder = TaskVectorEncoder.from_tasks("params", [(t.family, t.task_id, dict(t.params)) for t in train])
+    vectors = np.asarray([encoder.encode(t.params, t.family) for t in train])
+    box = np.stack([meta.weights.arrays["belief.low"], meta.weights.arrays["belief.high"]])
+    if encoder.dim != spec.context_dim or not np.allclose(np.stack([vectors.min(0), vectors.max(0)]), box, atol=1e-4):
+        raise ValueError(f"the training tasks of policy {meta.weights.version!r} do not rebuild the task vectors it "
+                         f"was trained on (prior box {box.tolist()}): cannot register its actor with a task vector")
+    z = np.asarray(z, np.float64).reshape(-1)
+    if z.shape != (spec.context_dim,) or not np.all(np.isfinite(z)):
+        raise ValueError(f"the belief's mean must be {spec.context_dim} finite numbers, got {z.tolist()}")
+    section = {"mode": "concat", **encoder.to_manifest(),
+               "fixed": {"vector": z.tolist(), "from": "belief posterior mean (fleet adapt)",
+                         "param_values": (z * encoder.std + encoder.mean).tolist()}}
+    return PolicyWeights(actor_spec, arrays, meta.weights.version), section
+
+
+def _adapt_belief(registry, resolved, meta, cfg, address, task, rid, episodes, seed) -> AdaptResult:
+    """A belief policy's adaptation, as on the robot (`fleet run --adapt`): before = a fresh belief per episode;
+    `episodes` context episodes through the safety layer, one trial, the belief updated every step; the adapted
+    version is its actor with the task vector fixed to the belief's mean (:func:`fixed_actor`), and `after` is
+    that version run on the before-episodes' seeds."""
+    from deploy.runtime import RobotRuntime
+
+    runtime = RobotRuntime(meta, SafetyConfig(), deterministic=True)
+    try:
+        robot = connect_robot(address)
+    except OSError as exc:  # refused, unreachable, timed out, failed handshake
+        raise ConnectionError(f"robot {address} is unreachable: {exc}") from None
+    named = {**task.params, "family": task.family}
+    first = seed + episodes  # evaluation seeds: after the context episodes', the same before and after
+    try:
+        runtime.check_robot(robot)
+        runtime.use_prior(seed)
+        before = [runtime.run_episode(robot, task=named, seed=first + i) for i in range(episodes)]
+        adapted = runtime.adapt(robot, episodes, named, seed)
+        weights, conditioning = fixed_actor(meta, task_distribution(cfg).tasks("train"), adapted["z"])
+        manifest = {k: v for k, v in meta.manifest.items() if k not in INHERITED}
+        fixed = RobotRuntime(PolicyArtifact.build(weights, **{**manifest, "conditioning": conditioning}),
+                             SafetyConfig(), deterministic=True)
+        after = [fixed.run_episode(robot, task=named, seed=first + i) for i in range(episodes)]
+    finally:
+        robot.close()
+    belief = {"mean": adapted["z"], "std": adapted["std"], "context_episodes": episodes,
+              "transitions": adapted["transitions"], "collect_s": adapted["collect_s"],
+              "infer_s": adapted["infer_s"], "policy_ms_per_step": adapted["policy_ms_per_step"]}
+    return _register(registry, resolved, meta, weights, rid, task, EpisodeFigures(before), EpisodeFigures(after),
+                     episodes, 0, extra={"conditioning": conditioning, "belief": belief})
+
+
 def _register(registry, resolved, meta, weights, rid, task, before, after, episodes, steps,
               extra: dict | None = None) -> AdaptResult:
     parent_name = resolved.name or meta.manifest.get("registered_model", "metafleet")
@@ -233,8 +293,7 @@ def _register(registry, resolved, meta, weights, rid, task, before, after, episo
                "parent_sha256": meta.manifest["weights_sha256"], "parent_content_sha256": meta.digest,
                "robot_id": rid, "task": task.params,
                "adapt_episodes": episodes, "adapt_steps": steps}
-    inherited = ("format", "policy", "version", "weights_sha256", "content_sha256")  # save() writes fresh ones
-    manifest = {k: v for k, v in meta.manifest.items() if k not in inherited}
+    manifest = {k: v for k, v in meta.manifest.items() if k not in INHERITED}
     artifact = PolicyArtifact.build(weights, **{**manifest, "kind": "adapted-policy", "lineage": lineage,
                                                 "code_version": git_commit(), **(extra or {})})
     tracker = Tracker(registry.uri, ADAPT_EXPERIMENT, run_name=f"adapt-{rid}")

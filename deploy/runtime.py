@@ -17,7 +17,12 @@ Usage::
     runtime = RobotRuntime("policies/reach-meta")
     result = runtime.run_episode(connect_robot("sim:kuka-0"), task={"goal": [0.6, 0.1, 0.4]}, seed=0)
     print(result["return"], result["success"], result["safe_stops"])
-    adapted = runtime.adapt(robot, episodes=3, task=task, seed=0)   # PEARL: collect + infer, no learner
+    adapted = runtime.adapt(robot, episodes=3, task=task, seed=0)   # PEARL / belief: collect + infer, no learner
+
+On-robot adaptation (:meth:`RobotRuntime.adapt`) for the two kinds that infer their task: PEARL infers z from the
+context episodes with its numpy encoder; a belief policy updates its particle belief at every step of the
+context episodes (one trial), and the belief they leave is what every later episode starts from
+(:meth:`RobotRuntime.use_prior` goes back to a fresh belief for each episode).
 """
 
 from __future__ import annotations
@@ -84,6 +89,8 @@ class RobotRuntime:
             raise ArtifactError(f"manifest action space does not admit a safety layer: {exc}") from None
         self._rng = np.random.default_rng()
         self._keep_context = False
+        self._belief_mode: str | None = None  # belief: None (trials as usual), "prior" or "adapted" (see adapt)
+        self._adapted: dict | None = None  # belief: the trial snapshot the context episodes left
 
     @property
     def families(self) -> list[str]:
@@ -161,8 +168,11 @@ class RobotRuntime:
         if task is not None or self.family is None:
             self.set_task(task)
         self._rng = np.random.default_rng(seed)
-        full = self.trial_episodes is not None and self.driver.episodes_in_trial >= self.trial_episodes
-        if reset_trial or full or self.driver.episodes_in_trial == 0:
+        full = self._belief_mode is None and self.trial_episodes is not None \
+            and self.driver.episodes_in_trial >= self.trial_episodes  # a belief's adaptation holds its own trial
+        if self._belief_mode == "adapted":  # every episode starts from the belief the context episodes left
+            self.driver.restore(self._adapted)
+        elif reset_trial or full or self.driver.episodes_in_trial == 0 or self._belief_mode == "prior":
             self.reset_trial()
         self.driver.begin_episode()
         self.safety.reset()
@@ -193,11 +203,13 @@ class RobotRuntime:
         protocol does), then the posterior q(z | all of them) from the numpy encoder, and z sampled from it is
         what the policy acts with from now on. Returns the posterior (mu, var, z), the context episodes'
         results, and the time to collect and to infer (seconds)."""
-        if not self.driver.latent:
-            raise ValueError(f"on-robot adaptation infers a task latent: it needs a PEARL (context) policy, this "
-                             f"one is {self.driver.spec.kind!r} ({self.manifest.get('algorithm', '?')})")
+        if not (self.driver.latent or self.driver.belief):
+            raise ValueError(f"on-robot adaptation infers a task latent: it needs a PEARL (context) or belief policy, "
+                             f"this one is {self.driver.spec.kind!r} ({self.manifest.get('algorithm', '?')})")
         if not isinstance(episodes, int) or episodes < 1:
             raise ValueError(f"adaptation needs at least one context episode, got {episodes!r}")
+        if self.driver.belief:
+            return self._adapt_belief(robot, episodes, task, seed, max_steps)
         rng, self.driver.transitions, results = np.random.default_rng(seed), [], []
         started = time.perf_counter()
         self._keep_context = True
@@ -218,8 +230,33 @@ class RobotRuntime:
                 "transitions": len(self.driver.transitions), "collect_s": collected - started,
                 "infer_s": inferred - collected, "adapt_s": inferred - started}
 
+    def _adapt_belief(self, robot: Robot, episodes: int, task: dict | None, seed: int, max_steps: int | None) -> dict:
+        """A belief policy on the robot: `episodes` context episodes, one trial from the prior, the belief updated
+        at every step inside the policy; the belief they leave is then what every episode starts from (until
+        :meth:`use_prior`). Returns the belief (mean = ``z``, std), the context episodes' results, the wall time
+        of the context episodes (``collect_s``), the policy's time in them (``infer_s``: belief updates and
+        actions, every step) and per step (``policy_ms_per_step``)."""
+        self._belief_mode, results = None, []
+        spent, steps = self.driver.policy_s, self.driver.policy_steps
+        started = time.perf_counter()
+        for k in range(episodes):  # one trial: reset before the first episode only, whatever trial_episodes says
+            self._belief_mode = "prior" if k == 0 else "carry"
+            results.append(self.run_episode(robot, max_steps, task, seed + k))
+        collected = time.perf_counter()
+        self._belief_mode, self._adapted = "adapted", self.driver.snapshot()
+        belief = self.driver.belief_summary()
+        infer_s, timed = self.driver.policy_s - spent, self.driver.policy_steps - steps
+        return {"z": belief["mean"], "mu": belief["mean"], "std": belief["std"], "episodes": results,
+                "transitions": sum(r["steps"] for r in results), "collect_s": collected - started,
+                "infer_s": infer_s, "adapt_s": collected - started, "policy_steps": timed,
+                "policy_ms_per_step": 1e3 * infer_s / max(timed, 1)}
+
     def use_prior(self, seed: int | None = None) -> None:
-        """PEARL: act with a fresh z from the prior N(0, I) (the unadapted policy)."""
+        """Act unadapted: PEARL with a fresh z from the prior N(0, I); a belief policy from a fresh belief (the
+        prior) at every episode."""
+        if self.driver.belief:
+            self._belief_mode, self._adapted = "prior", None
+            return
         self.driver.set_latent(self.driver.prior_latent(np.random.default_rng(seed)))
 
 

@@ -9,8 +9,12 @@ Input (one row per request; a DataFrame, a dict of columns, or for a plain MLP j
 - MLP: ``obs`` (or a bare [B, obs_dim] array) -> the mean actions [B, act_dim] (``action`` with columns);
 - task-conditioned (concat, additive, multihead, FiLM): ``obs`` + ``task`` (the task's params, a dict or its
   JSON, ``family`` inside for a mixture) or ``task_vector`` -> ``action``;
-- recurrent (RL^2 GRU): ``obs`` + ``state`` (the previous response's; absent or empty at a trial's start),
-  ``prev_action``, ``prev_reward``, ``prev_done`` -> ``action``, ``state``;
+- recurrent (RL^2 GRU, belief): ``obs`` + ``state`` (the previous response's; absent or empty at a trial's
+  start: the GRU's zeros, a fresh belief = the prior), ``prev_action``, ``prev_reward``, ``prev_done`` ->
+  ``action``, ``state`` (a belief policy's particle belief flattened, ``policy.belief.BeliefState.to_flat``;
+  also ``belief_mean``, the task vector it believes);
+- a task-conditioned version registered with a fixed task vector (``conditioning.fixed``, e.g. a belief
+  policy adapted by ``fleet adapt``): ``obs`` alone;
 - PEARL: ``obs`` + ``z``, or the context transitions ``context_obs``, ``context_actions``, ``context_rewards``,
   ``context_next_obs`` (a list of transitions per row; empty = the prior) -> ``action``, ``z``.
 
@@ -97,6 +101,8 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
         dim = self.spec.context_dim
         if "task_vector" in columns:
             return _matrix(columns["task_vector"], "task_vector", dim, rows)
+        if self.driver.fixed_vector is not None:  # registered with its task vector: acts on it, as `fleet run` does
+            return np.repeat(self.driver.fixed_vector[None], rows, axis=0)
         if "task" not in columns:
             names = self.driver.task_vectors.to_manifest()["param_names"]
             raise ValueError(f"this {self.spec.conditioning!r}-conditioned policy needs a 'task' column (the task's "
@@ -116,12 +122,16 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
     def _recurrent(self, obs: np.ndarray, columns: dict) -> dict:
         rows, act_dim = obs.shape[0], self.spec.act_dim
         initial = self.policy.initial_state(rows)
-        if not isinstance(initial, np.ndarray):
+        belief = self.driver.belief
+        if not (isinstance(initial, np.ndarray) or belief):
             raise ValueError(f"a {self.spec.kind!r} policy's state is not an array: it cannot travel through "
                              "stateless serving; run it with `fleet run`")
         state = columns.get("state")
-        if state is None or all(s is None or len(s) == 0 for s in state):
+        given = [s is not None and len(s) > 0 for s in (state if state is not None else [])]
+        if state is None or not any(given):
             state = initial
+        elif belief:
+            state = self._belief_state(state, given, initial, rows)
         else:
             state = _matrix(state, "state", int(np.prod(initial.shape[1:])), rows).reshape(initial.shape)
         prev_action = _matrix(columns.get("prev_action", np.zeros((rows, act_dim))), "prev_action", act_dim, rows)
@@ -129,7 +139,29 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
         prev_done = _vector(columns.get("prev_done", np.zeros(rows)), "prev_done", rows)
         actions, _, state = self.policy.sample_step(obs, prev_action, prev_reward, prev_done, state,
                                                     np.random.default_rng(0), True)
+        if belief:
+            return {"action": actions.tolist(), "state": state.to_flat().tolist(), "belief_mean": state.mean().tolist()}
         return {"action": actions.tolist(), "state": np.asarray(state).reshape(rows, -1).tolist()}
+
+    def _belief_state(self, column, given: list[bool], initial, rows: int):
+        """The belief state of each row: its ``state`` (a previous response's), or the prior where empty."""
+        from policy.belief import BeliefState, flat_size
+
+        size = flat_size(self.policy.particles, self.spec.context_dim, self.obs_dim)
+        if len(given) != rows:
+            raise ValueError(f"'state' has {len(given)} rows, 'obs' has {rows}")
+        flat = initial.to_flat()
+        for i, value in enumerate(column):
+            if given[i]:
+                try:
+                    row = np.asarray(value, np.float64).reshape(-1)
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"'state' row {i} must be {size} numbers (a previous response's): {exc}") from None
+                if row.shape != (size,):
+                    raise ValueError(f"'state' row {i} has {row.size} numbers; this belief policy's state has {size} "
+                                     "(send back the previous response's 'state', or nothing for the prior)")
+                flat[i] = row
+        return BeliefState.from_flat(flat, self.policy.particles, self.spec.context_dim, self.obs_dim)
 
     def _latents(self, rows: int, columns: dict) -> np.ndarray:
         dim = self.spec.context_dim
@@ -175,9 +207,10 @@ def serving_signature(artifact):
     example: dict = {"obs": [obs]}
     if driver.conditioned:
         columns += [ColSpec(DataType.string, "task", required=False), ColSpec(vector, "task_vector", required=False)]
-        family, _, params = driver.task_vectors.train_tasks[0]
-        task = {**params, **({"family": family} if len(manifest_families(manifest)) > 1 else {})}
-        example["task"] = [json.dumps(task)]
+        if driver.fixed_vector is None:  # a fixed task vector needs no task: the example is obs alone
+            family, _, params = driver.task_vectors.train_tasks[0]
+            task = {**params, **({"family": family} if len(manifest_families(manifest)) > 1 else {})}
+            example["task"] = [json.dumps(task)]
     elif driver.recurrent:
         columns += [ColSpec(vector, "state", required=False), ColSpec(vector, "prev_action", required=False),
                     ColSpec(DataType.double, "prev_reward", required=False),

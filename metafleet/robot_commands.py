@@ -36,8 +36,9 @@ def add_parsers(sub) -> None:
                      help="recurrent policies: episodes that share one hidden state before it is reset (default: "
                           "the manifest's learner.trial_episodes; the state carries across all episodes without it)")
     run.add_argument("--adapt", action="store_true",
-                     help="PEARL policies: collect --episodes context episodes, infer the task posterior on the "
-                          "robot, then run --eval-episodes with it (and, before, with z from the prior)")
+                     help="PEARL and belief policies: collect --episodes context episodes, infer the task on the "
+                          "robot (PEARL: the posterior over z; belief: the particle belief, one trial), then run "
+                          "--eval-episodes with it (and, before, unadapted: z from the prior / a fresh belief)")
     run.add_argument("--eval-episodes", type=int, metavar="M",
                      help="with --adapt: episodes before and after adaptation (default: --episodes)")
     run.add_argument("--video", metavar="PATH", help="write frames of a sim: robot to PATH (.gif, or .mp4 with "
@@ -150,9 +151,9 @@ def _check_kind(args, runtime) -> None:
     """Flags that fit only some policy kinds, refused with what the policy is."""
     driver, what = runtime.driver, f"policy {args.policy_dir!r} ({runtime.manifest.get('algorithm', '?')}, " \
                                     f"kind {runtime.driver.spec.kind!r})"
-    if args.adapt and not driver.latent:
-        raise BadInput(f"--adapt infers a task latent on the robot: it needs a PEARL (context) policy; {what} is not "
-                       "one (gradient-step adaptation: `fleet adapt`)")
+    if args.adapt and not (driver.latent or driver.belief):
+        raise BadInput(f"--adapt infers a task latent on the robot: it needs a PEARL (context) or belief policy; "
+                       f"{what} is not one (gradient-step adaptation: `fleet adapt`)")
     if args.trial_episodes is not None and not driver.recurrent:
         raise BadInput(f"--trial-episodes applies to recurrent policies; {what} keeps no state across steps")
 
@@ -180,7 +181,9 @@ def _run_episodes(args, runtime, robot, task, first_seed: int | None = None, cou
 
 
 def _run_adapted(args, runtime, robot, task) -> tuple[list[dict], list]:
-    """PEARL on the robot: before (z from the prior), --episodes context episodes + posterior, after."""
+    """On-robot adaptation: before (PEARL: z from the prior; belief: a fresh belief each episode), --episodes
+    context episodes (PEARL: then the posterior; belief: one trial, the belief updated every step), after (the
+    posterior z / every episode from the belief the context left), on the same seeds as before."""
     evals, first = args.eval_episodes or args.episodes, args.seed + args.episodes  # same seeds before and after
     runtime.use_prior(args.seed)
     before, frames = _run_episodes(args, runtime, robot, task, first, evals, "before")
@@ -189,17 +192,30 @@ def _run_adapted(args, runtime, robot, task) -> tuple[list[dict], list]:
         for i, result in enumerate(adapted["episodes"]):
             print(_episode_line(f"context episode {i + 1}/{args.episodes}", result), flush=True)
     after, frames = _run_episodes(args, runtime, robot, task, first, evals, "after", frames)
-    summary = {k: adapted[k] for k in ("mu", "var", "z", "transitions", "collect_s", "infer_s", "adapt_s")}
+    belief = runtime.driver.belief
+    keys = ("mu", "std", "z", "transitions", "collect_s", "infer_s", "adapt_s", "policy_steps", "policy_ms_per_step") \
+        if belief else ("mu", "var", "z", "transitions", "collect_s", "infer_s", "adapt_s")
+    summary = {k: adapted[k] for k in keys}
     summary |= {"context_episodes": [{"episode": i, "seed": args.seed + i, **r}
                                      for i, r in enumerate(adapted["episodes"])],
                 "return_before": _mean(before, "return"), "return_after": _mean(after, "return"),
                 "success_before": _mean(before, "success"), "success_after": _mean(after, "success"),
                 "before": before}
+    if belief:  # inference runs inside the policy at every step: its time over all before/context/after steps
+        summary["policy_ms_per_step_all"] = 1e3 * runtime.driver.policy_s / max(runtime.driver.policy_steps, 1)
     args.adaptation = summary
     if not args.json:
+        gain = summary["return_after"] - summary["return_before"]
+        if belief:
+            print(f"adaptation: {args.episodes} context episode(s), {adapted['transitions']} steps, belief updated "
+                  f"every step: collect {adapted['collect_s']:.3f} s, of which policy (inference + action) "
+                  f"{adapted['infer_s'] * 1e3:.1f} ms = {adapted['policy_ms_per_step']:.3f} ms/step")
+            print(f"return before (fresh belief) {summary['return_before']:.3f}, success "
+                  f"{summary['success_before']:.2f} -> after (the belief the context left) "
+                  f"{summary['return_after']:.3f}, success {summary['success_after']:.2f} (gain {gain:+.3f})")
+            return after, frames
         print(f"adaptation: {args.episodes} context episode(s), {adapted['transitions']} transitions: collect "
               f"{adapted['collect_s']:.3f} s + infer {adapted['infer_s'] * 1e3:.2f} ms = {adapted['adapt_s']:.3f} s")
-        gain = summary["return_after"] - summary["return_before"]
         print(f"return before (z from the prior) {summary['return_before']:.3f}, success "
               f"{summary['success_before']:.2f} -> after (z from the posterior) {summary['return_after']:.3f}, "
               f"success {summary['success_after']:.2f} (gain {gain:+.3f})")
@@ -221,6 +237,10 @@ def _report(args, runtime, results: list[dict]) -> None:
         if runtime.driver.conditioned:
             out["task_vector"] = runtime.driver.context.tolist()
             out["task_held_out"] = runtime.driver.task_held_out
+            out["task_vector_from"] = "fixed" if runtime.driver.fixed_vector is not None else "task"
+        if runtime.driver.belief:
+            out["belief"] = runtime.driver.belief_summary()
+            out["policy_ms_per_step"] = 1e3 * runtime.driver.policy_s / max(runtime.driver.policy_steps, 1)
         if runtime.driver.recurrent:
             out["trial_episodes"] = runtime.trial_episodes
         if runtime.driver.latent:

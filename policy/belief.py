@@ -52,6 +52,76 @@ class BeliefState:
         w, mu = _normalised(self.log_weights), self.mean()
         return np.sqrt(np.einsum("bn,bnc->bc", w, (self.particles - mu[:, None]) ** 2))
 
+    # ---- (de)serialisation: a belief that travels (stateless serving, a snapshot) ------------------------
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The state as named arrays (copies: float64, ``steps`` int64, ``prev_obs`` float32); inverse of
+        :meth:`from_arrays`."""
+        return {"particles": np.array(self.particles, np.float64),
+                "log_weights": np.array(self.log_weights, np.float64), "z": np.array(self.z, np.float64),
+                "steps": np.array(self.steps, np.int64), "prev_obs": np.array(self.prev_obs, np.float32)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict, particles: int, context_dim: int, obs_dim: int) -> BeliefState:
+        """A state from :meth:`to_arrays`' arrays, checked against the policy (N particles over a task vector of
+        length C, observations of length D): ValueError naming the array, its shape and the one expected."""
+        if not isinstance(arrays, dict):
+            raise ValueError(f"a belief state is a mapping of arrays {STATE_FIELDS}, got {type(arrays).__name__}")
+        missing = [k for k in STATE_FIELDS if k not in arrays]
+        if missing:
+            raise ValueError(f"belief state lacks {missing}; expected the arrays {STATE_FIELDS}")
+        try:
+            out = {k: np.array(arrays[k], np.int64 if k == "steps" else np.float64) for k in STATE_FIELDS}
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"belief state arrays must be numeric: {exc}") from None
+        batch = out["steps"].shape[0] if out["steps"].ndim == 1 else -1
+        expected = {"particles": (batch, particles, context_dim), "log_weights": (batch, particles),
+                    "z": (batch, context_dim), "steps": (batch,), "prev_obs": (batch, obs_dim)}
+        for key, shape in expected.items():
+            if batch < 0 or out[key].shape != shape:
+                raise ValueError(f"belief state {key!r} has shape {out[key].shape}; this policy expects {shape} "
+                                 f"(B trials, {particles} particles, task vector {context_dim}, obs {obs_dim})")
+            if not np.all(np.isfinite(out[key])):
+                raise ValueError(f"belief state {key!r} holds non-finite values")
+        if np.any(out["steps"] < 0):
+            raise ValueError("belief state 'steps' must be >= 0")
+        return cls(out["particles"], out["log_weights"], out["z"], out["steps"], out["prev_obs"].astype(np.float32))
+
+    def to_flat(self) -> np.ndarray:
+        """One row of floats per trial [B, S] (fields in STATE_FIELDS order, each flattened): the ``state`` column
+        of stateless serving. Inverse: :meth:`from_flat`."""
+        arrays, batch = self.to_arrays(), self.steps.shape[0]
+        return np.concatenate([arrays[k].reshape(batch, -1).astype(np.float64) for k in STATE_FIELDS], axis=1)
+
+    @classmethod
+    def from_flat(cls, flat, particles: int, context_dim: int, obs_dim: int) -> BeliefState:
+        """The state of :meth:`to_flat`'s rows [B, S]; ValueError for a wrong length or non-finite values."""
+        flat = np.asarray(flat, np.float64)
+        size = flat_size(particles, context_dim, obs_dim)
+        if flat.ndim != 2 or flat.shape[1] != size:
+            raise ValueError(f"a flat belief state has rows of {size} numbers ({particles} particles x {context_dim} "
+                             f"+ {particles} log-weights + {context_dim} z + 1 step + {obs_dim} previous obs), got "
+                             f"shape {flat.shape}")
+        widths = (particles * context_dim, particles, context_dim, 1, obs_dim)
+        parts = np.split(flat, np.cumsum(widths)[:-1], axis=1)
+        batch = flat.shape[0]
+        for name, part in zip(STATE_FIELDS, parts, strict=True):
+            if not np.all(np.isfinite(part)):
+                raise ValueError(f"belief state {name!r} holds non-finite values")
+        steps = parts[3][:, 0]
+        if np.any(steps != np.round(steps)):
+            raise ValueError(f"belief state 'steps' must be whole numbers, got {steps.tolist()}")
+        arrays = dict(zip(STATE_FIELDS, (parts[0].reshape(batch, particles, context_dim), parts[1], parts[2], steps,
+                                         parts[4]), strict=True))
+        return cls.from_arrays(arrays, particles, context_dim, obs_dim)
+
+
+STATE_FIELDS = ("particles", "log_weights", "z", "steps", "prev_obs")
+
+
+def flat_size(particles: int, context_dim: int, obs_dim: int) -> int:
+    """Length of one trial's flat belief state (:meth:`BeliefState.to_flat`)."""
+    return particles * context_dim + particles + context_dim + 1 + obs_dim
+
 
 def _normalised(log_weights: np.ndarray) -> np.ndarray:
     w = np.exp(log_weights - log_weights.max(axis=-1, keepdims=True))

@@ -5,7 +5,9 @@ What a deployed policy needs besides the observation depends on its kind, and th
 - feed-forward (``kind: mlp``, ``conditioning: none``): nothing;
 - task-conditioned (``conditioning`` concat / additive / multihead / film): the task vector, built from the
   task's params by :class:`policy.taskvec.TaskVectorEncoder` from ``manifest["conditioning"]`` - the code
-  training used (:meth:`set_task`);
+  training used (:meth:`set_task`) - or, when that section carries ``fixed`` (``{"vector": [...], ...}``: a task
+  vector fixed at registration, e.g. a belief policy's posterior mean registered by ``fleet adapt``), that vector
+  whatever task is named (the task still goes to the robot);
 - recurrent (any policy with ``recurrent = True``, ``initial_state(batch)`` and ``sample_step(obs, prev_action,
   prev_reward, prev_done, state, rng, deterministic)``: RL^2's GRU, or any other policy with that interface):
   the state, carried across the steps and the episodes of a trial as in ``workers.recurrent.rollout_trials``
@@ -15,7 +17,11 @@ What a deployed policy needs besides the observation depends on its kind, and th
   episodes that run to the horizon, as the fleet's families do);
 - context (PEARL, ``kind: sac``): the task latent z - from the prior N(0, I), from a posterior the manifest
   carries (``manifest["posterior"]``, registered by ``fleet adapt``), or inferred from transitions with the
-  numpy context encoder (:meth:`infer`).
+  numpy context encoder (:meth:`infer`);
+- belief (``kind: belief``, task inference): recurrent, its state the particle belief over the task vector
+  (:class:`policy.belief.BeliefState`); :meth:`snapshot` / :meth:`restore` keep a belief to act with again.
+
+Every :meth:`act` is timed (``policy_s`` / ``policy_steps``: the policy's own time, inference included).
 
 >>> driver = PolicyDriver(artifact.weights, artifact.manifest)
 >>> driver.set_task({"goal": [0.6, 0.1, 0.4]})        # conditioned policies; others ignore the params
@@ -24,6 +30,9 @@ What a deployed policy needs besides the observation depends on its kind, and th
 """
 
 from __future__ import annotations
+
+import copy
+import time
 
 import numpy as np
 
@@ -42,9 +51,11 @@ class PolicyDriver:
         self.policy = make_policy(weights)
         self.recurrent = bool(getattr(self.policy, "recurrent", False))
         self.latent = self.spec.kind == "sac"
+        self.belief = self.spec.kind == "belief"
         # a recurrent policy that reads a task vector (e.g. "belief") infers it itself: it is never told the task
         self.conditioned = not (self.latent or self.recurrent) and self.spec.conditioning != "none"
         self.task_vectors: TaskVectorEncoder | None = None
+        self.fixed_vector: np.ndarray | None = None
         if self.conditioned:
             section = manifest.get("conditioning")
             if not isinstance(section, dict):
@@ -55,20 +66,26 @@ class PolicyDriver:
             if self.task_vectors.dim != self.spec.context_dim:
                 raise ValueError(f"manifest 'conditioning' builds task vectors of length {self.task_vectors.dim}, "
                                  f"the network takes {self.spec.context_dim}")
+            self.fixed_vector = read_fixed_vector(section.get("fixed"), self.spec.context_dim)
         self.encoder = ContextEncoder(weights) if self.latent else None
         self.posterior = read_posterior(manifest.get("posterior"), self.spec.context_dim) if self.latent else None
-        self.context: np.ndarray | None = None  # the task vector or latent z the policy reads
+        self.context: np.ndarray | None = self.fixed_vector  # the task vector or latent z the policy reads
         self.task_held_out = False
         self._state = None
         self._prev: tuple[np.ndarray, float] = (np.zeros(self.spec.act_dim, np.float32), 0.0)
         self._episodes_in_trial = 0
         self._first_step = True
         self.transitions: list[tuple[np.ndarray, np.ndarray, float, np.ndarray]] = []
+        self.policy_s, self.policy_steps = 0.0, 0  # time spent in the policy (inference included), steps timed
 
     # ---- task vector (conditioned) and latent (PEARL) ------------------------------------------------
     def set_task(self, params: dict | None, family: str | None = None) -> None:
         """The task a conditioned policy is told; a no-op for other kinds (they infer it, or need none)."""
         if not self.conditioned:
+            return
+        if self.fixed_vector is not None:  # acts on the vector it was registered with; the task goes to the robot
+            self.task_held_out = bool(params) and self.task_vectors.training_index(params, family) is None
+            self.context = self.fixed_vector
             return
         if not params:
             names = self.task_vectors.to_manifest()["param_names"]
@@ -124,9 +141,29 @@ class PolicyDriver:
     def episodes_in_trial(self) -> int:
         return self._episodes_in_trial
 
+    def snapshot(self) -> dict:
+        """A copy of the recurrent trial (state, previous action/reward, episodes so far), for :meth:`restore`."""
+        if not self.recurrent:
+            raise ValueError(f"policy {self.version!r} keeps no state across steps: nothing to snapshot")
+        return copy.deepcopy({"state": self._state, "prev": self._prev, "episodes": self._episodes_in_trial})
+
+    def restore(self, snapshot: dict) -> None:
+        """Continue from a :meth:`snapshot` (a copy of it: the snapshot can be restored again)."""
+        snapshot = copy.deepcopy(snapshot)
+        self._state, self._prev, self._episodes_in_trial = snapshot["state"], snapshot["prev"], snapshot["episodes"]
+
+    def belief_summary(self) -> dict:
+        """A belief policy's current belief over the task vector: weighted mean and std (lists)."""
+        if not self.belief:
+            raise ValueError(f"policy {self.version!r} is a {self.spec.kind!r} policy, not a belief policy")
+        if self._state is None:
+            self.begin_trial()
+        return {"mean": self._state.mean()[0].tolist(), "std": self._state.std()[0].tolist()}
+
     def act(self, obs: np.ndarray, rng: np.random.Generator, deterministic: bool = True) -> np.ndarray:
         """The policy's action [act_dim] for one observation."""
         obs = np.asarray(obs, np.float32).reshape(1, -1)
+        started = time.perf_counter()
         if self.recurrent:
             if self._state is None:
                 self.begin_trial(rng)
@@ -142,6 +179,8 @@ class PolicyDriver:
                 else:
                     self.set_task(None)  # raises, naming the params to pass
             actions, _ = self.policy.sample(obs, rng, deterministic, context=self.context)
+        self.policy_s += time.perf_counter() - started
+        self.policy_steps += 1
         self._first_step = False
         return np.asarray(actions[0], np.float32)
 
@@ -166,6 +205,22 @@ def read_posterior(section, dim: int) -> dict | None:
     if any(v.shape != (dim,) or not np.all(np.isfinite(v)) for v in out.values()) or np.any(out["var"] <= 0):
         raise ValueError(f"manifest 'posterior' needs finite mu, z and positive var of length {dim}")
     return out
+
+
+def read_fixed_vector(section, dim: int) -> np.ndarray | None:
+    """``manifest["conditioning"]["fixed"]["vector"]`` (a task vector fixed at registration) as float32 [dim];
+    None when absent."""
+    if section is None:
+        return None
+    vector = section.get("vector") if isinstance(section, dict) else None
+    try:
+        out = np.asarray(vector, np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        out = np.zeros(0)
+    if vector is None or out.shape != (dim,) or not np.all(np.isfinite(out)):
+        raise ValueError(f"manifest 'conditioning.fixed' must hold 'vector': {dim} finite numbers (the task vector "
+                         f"the policy acts with), got {vector!r}")
+    return out.astype(np.float32)
 
 
 def manifest_families(manifest: dict) -> list[str]:

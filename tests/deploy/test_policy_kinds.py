@@ -1,7 +1,8 @@
 """Every policy kind metafleet trains, through the real CLI: `fleet train` (tiny), `fleet pull`, `fleet run` on a sim
 robot and over the TCP bridge (127.0.0.1), `fleet adapt`, PEARL's on-robot adaptation, and the serving model.
 
-One tiny training per kind (configs/smoke.yaml, horizon 10) in a private sqlite store, shared by the module.
+One tiny training per kind (configs/smoke.yaml, horizon 10; the belief policy: configs/reach.yaml, the main job, cut
+to a tiny budget with in-process workers) in a private sqlite store, shared by the module.
 """
 
 import json
@@ -24,6 +25,7 @@ from tests.deploy.conftest import ROOT
 pytestmark = pytest.mark.slow
 
 SMOKE = str(ROOT / "configs/smoke.yaml")
+REACH = str(ROOT / "configs/reach.yaml")
 GOAL = ["--task", "goal=[0.6, 0.1, 0.4]"]
 TOKEN = "kinds-token-789"
 
@@ -42,7 +44,14 @@ KINDS = {
               "learner.context_size=10", "learner.tasks_per_step=2", "learner.gradient_steps=2",
               "learner.buffer_size=200", "learner.prior_episodes=1", "learner.posterior_episodes=1"],
     "mixture": ["fleet.family={velocity: 1.0, direction: 2.0}", "fleet.robot=half_cheetah", "fleet.robot_id=cheetah-0"],
+    "belief": ["workers.backend=local", "workers.num_workers=1", "fleet.num_train_tasks=8", "fleet.num_test_tasks=4",
+               "fleet.horizon=10", "learner.hidden_sizes=[16]", "learner.model_sizes=[16]", "learner.model_steps=5",
+               "learner.model_episodes=1", "learner.belief_particles=32", "learner.ppo_epochs=1", "learner.device=cpu",
+               "train.iterations=2", "train.meta_batch_size=2", "train.episodes_per_task=1", "train.eval_every=2",
+               "train.eval_tasks=1", "train.eval_episodes=1", "train.eval_steps=[0,1]", "train.checkpoint_every=2"],
 }
+CONFIG = {"belief": REACH}  # the rest: SMOKE
+BELIEF_STATE = 32 * 3 + 32 + 3 + 1 + 20  # particles x task vector, log-weights, z, step, previous obs
 CONDITIONED = ("concat", "additive", "multihead", "film")
 
 
@@ -69,7 +78,8 @@ def pulled(kinds_store):
     def get(kind: str) -> str:
         if kind not in cache:
             sets = [a for s in KINDS[kind] for a in ("--set", s)]
-            assert main(["train", SMOKE, "--set", f"tracking.registered_model=kinds-{kind}", *sets]) == 0
+            config = CONFIG.get(kind, SMOKE)
+            assert main(["train", config, "--set", f"tracking.registered_model=kinds-{kind}", *sets]) == 0
             out = str(home / f"pulled-{kind}")
             assert main(["pull", f"models:/kinds-{kind}@candidate", "--out", out]) == 0
             cache[kind] = out
@@ -133,6 +143,24 @@ def test_pearl_adapts_on_the_robot_and_reports_before_after_and_latency(pulled, 
     assert "--adapt infers a task latent on the robot: it needs a PEARL" in capsys.readouterr().err
 
 
+def test_belief_adapts_on_the_robot_and_reports_before_after_and_latency(pulled, capsys):
+    path = pulled("belief")
+    out = run_json(capsys, path, "--robot", "sim:kuka-0", "--adapt", "--episodes", "3", "--eval-episodes", "2", *GOAL)
+    adaptation = out["adaptation"]
+    assert len(adaptation["context_episodes"]) == 3 and adaptation["transitions"] == adaptation["policy_steps"] == 30
+    assert [e["trial_episode"] for e in adaptation["context_episodes"]] == [1, 2, 3]  # one trial (not 2 as trained)
+    assert [e["trial_episode"] for e in adaptation["before"]] == [1, 1]  # a fresh belief each
+    assert [e["trial_episode"] for e in out["episodes"]] == [4, 4]  # each from the belief the context left
+    assert [e["seed"] for e in adaptation["before"]] == [e["seed"] for e in out["episodes"]] == [3, 4]
+    assert 0 < adaptation["infer_s"] < adaptation["collect_s"] < 60 and adaptation["policy_ms_per_step"] > 0
+    assert len(adaptation["mu"]) == len(adaptation["std"]) == 3
+    assert out["mean_return"] == pytest.approx(adaptation["return_after"])
+    assert main(["run", path, "--robot", "sim:kuka-0", "--adapt", "--episodes", "1", *GOAL]) == 0
+    text = capsys.readouterr().out
+    assert "adaptation: 1 context episode(s), 10 steps, belief updated every step" in text and "ms/step" in text
+    assert "return before (fresh belief)" in text
+
+
 def test_mixture_runs_the_named_family_or_the_manifests_default(pulled, capsys):
     path = pulled("mixture")
     assert PolicyArtifact.load(path).manifest["default_family"] == "direction"  # the heaviest
@@ -142,7 +170,7 @@ def test_mixture_runs_the_named_family_or_the_manifests_default(pulled, capsys):
     assert "unknown family 'reach': the policy was trained on ['direction', 'velocity']" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("kind", [*CONDITIONED, "rl2", "pearl", "mixture"])
+@pytest.mark.parametrize("kind", [*CONDITIONED, "rl2", "pearl", "mixture", "belief"])
 def test_the_tcp_bridge_runs_every_kind_as_the_sim_does(kind, pulled, capsys):
     path = pulled(kind)
     family, spec = ("velocity", RobotSpec(model="half_cheetah")) if kind == "mixture" else ("reach", RobotSpec())
@@ -165,7 +193,7 @@ def request(kind: str, artifact: PolicyArtifact) -> pd.DataFrame:
     if kind in CONDITIONED:
         trained = artifact.manifest["conditioning"]["train_tasks"][2]["params"]  # one-hot: held out vs trained
         return pd.DataFrame({"obs": [obs, obs], "task": ['{"goal": [0.6, 0.1, 0.4]}', json.dumps(trained)]})
-    if kind == "rl2":
+    if kind in ("rl2", "belief"):
         return pd.DataFrame({"obs": [obs], "state": [[]], "prev_action": [[0.0] * 3], "prev_reward": [0.0],
                              "prev_done": [0.0]})
     if kind == "pearl":
@@ -173,7 +201,7 @@ def request(kind: str, artifact: PolicyArtifact) -> pd.DataFrame:
     return pd.DataFrame({"obs": [obs], "task": ['{"family": "velocity", "speed": 1.0}']})
 
 
-@pytest.mark.parametrize("kind", [*CONDITIONED, "rl2", "pearl"])
+@pytest.mark.parametrize("kind", [*CONDITIONED, "rl2", "pearl", "belief"])
 def test_serving_answers_each_kind_through_its_signature(kind, pulled):
     from mlflow.models.utils import _enforce_schema
 
@@ -185,11 +213,16 @@ def test_serving_answers_each_kind_through_its_signature(kind, pulled):
     assert np.asarray(out["action"]).shape[1] == 3 and np.isfinite(out["action"]).all()
     if kind == "rl2":
         assert len(out["state"][0]) == 8
+    if kind == "belief":  # the particle belief goes out, and comes back with the next request
+        assert len(out["state"][0]) == BELIEF_STATE and len(out["belief_mean"][0]) == 3
+        again = request(kind, artifact).assign(state=[out["state"][0]], prev_action=[out["action"][0]],
+                                               prev_reward=[0.5])
+        assert len(model.predict(None, _enforce_schema(again, signature.inputs))["state"][0]) == BELIEF_STATE
     if kind in CONDITIONED:
         assert out["action"][0] != out["action"][1]  # the task changes the action
 
 
-@pytest.mark.parametrize("kind", ["pearl", *CONDITIONED, "mixture"])
+@pytest.mark.parametrize("kind", ["pearl", *CONDITIONED, "mixture", "belief"])
 def test_fleet_adapt_registers_an_adapted_version_that_runs(kind, pulled, kinds_store, capsys):
     pulled(kind)
     home, _ = kinds_store
@@ -209,6 +242,13 @@ def test_fleet_adapt_registers_an_adapted_version_that_runs(kind, pulled, kinds_
         assert result["return_before"] != result["return_after"] or result["success_before"] == 1.0
     elif kind == "mixture":
         assert result["task"] == {"speed": 1.0} and ran["family"] == "velocity"
+    elif kind == "belief":  # its actor, the task vector fixed to the belief's mean: runs without --task
+        fixed = manifest["conditioning"]["fixed"]["vector"]
+        assert manifest["policy"]["kind"] == "mlp" and manifest["lineage"]["adapt_steps"] == 0
+        assert fixed == pytest.approx(manifest["belief"]["mean"]) and manifest["belief"]["transitions"] == 20
+        bare = run_json(capsys, out, "--robot", robot)
+        assert bare["task_vector_from"] == ran["task_vector_from"] == "fixed"
+        assert bare["task_vector"] == ran["task_vector"] == pytest.approx(fixed, rel=1e-6)
     else:
         assert manifest["conditioning"]["mode"] == kind and ran["task_held_out"] is True
     assert os.path.islink(out)
@@ -220,7 +260,7 @@ def test_fleet_adapt_refuses_rl2_saying_it_adapts_in_context(pulled, capsys):
     assert "adapts in its hidden state over a trial, not by gradient steps" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("kind", [*CONDITIONED, "rl2", "pearl", "mixture"])
+@pytest.mark.parametrize("kind", [*CONDITIONED, "rl2", "pearl", "mixture", "belief"])
 def test_the_registered_version_serves_each_kind_through_mlflow(kind, pulled):
     import mlflow
 
@@ -268,7 +308,7 @@ def serve(uri: str, body: dict, timeout: float = 120.0):
         server.wait(timeout=30)
 
 
-@pytest.mark.parametrize("kind", [*CONDITIONED, "rl2", "pearl", "mixture"])
+@pytest.mark.parametrize("kind", [*CONDITIONED, "rl2", "pearl", "mixture", "belief"])
 def test_mlflow_models_serve_answers_each_kind(kind, pulled):
     """A real `mlflow models serve -m models:/kinds-KIND/1` on 127.0.0.1, with each kind's request."""
     artifact = PolicyArtifact.load(pulled(kind))
@@ -286,3 +326,6 @@ def test_mlflow_models_serve_answers_each_kind(kind, pulled):
     if kind == "rl2":  # the next state goes out with the answer, to come back with the next request
         np.testing.assert_allclose(predictions["state"], expected["state"], atol=1e-5)
         assert len(predictions["state"][0]) == 8
+    if kind == "belief":  # the belief state (particles, weights, z, step, previous obs) as one array
+        np.testing.assert_allclose(predictions["state"], expected["state"], atol=1e-5)
+        assert len(predictions["state"][0]) == BELIEF_STATE

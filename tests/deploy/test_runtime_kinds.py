@@ -18,6 +18,7 @@ from fleet.tasks import Task
 from learner.conditioning import TaskEncoder
 from policy import PolicySpec, PolicyWeights, make_policy
 from policy.artifact import ArtifactError, PolicyArtifact
+from policy.belief import flat_size
 from tests.fakes import PointEnv
 from workers.recurrent import rollout_trials
 
@@ -244,16 +245,19 @@ spaces = {"observation": {"shape": [2], "low": [-2, -2], "high": [2, 2]},
 train = [{"family": "point", "task_id": f"point/train/{i}", "params": {"goal": [i, -i]}} for i in range(3)]
 specs = {"gru": (PolicySpec(2, 2, (8,), kind="gru"), {}),
          "sac": (PolicySpec(2, 2, (8,), "relu", "sac", "concat", 2), {}),
+         "belief": (PolicySpec(2, 2, (8,), kind="belief", conditioning="concat", context_dim=2, model_sizes=(4,)), {}),
          "film": (PolicySpec(2, 2, (8,), conditioning="film", context_dim=3),
                   {"conditioning": {"mode": "film", "encoding": "onehot", "train_tasks": train}})}
 for name, (spec, extra) in specs.items():
     arrays = {k: np.full(s, 0.1, np.float32) for k, s in spec.weight_shapes().items()}
+    arrays.update({"belief.low": -np.ones(2, np.float32), "belief.settings": np.asarray([16, 1, 1.0, 0.1], np.float32)}
+                  if name == "belief" else {})
     directory = tempfile.mkdtemp()
     PolicyArtifact.build(PolicyWeights(spec, arrays), spaces=spaces, fleet={"family": "point", "horizon": 4},
                          **extra).save(directory)
     runtime = RobotRuntime(directory)
     runtime.run_episode(Robot(), task={"goal": [1, -1]}, seed=0)
-    if name == "sac":
+    if name in ("sac", "belief"):
         runtime.adapt(Robot(), 2, seed=0)
 forbidden = ("torch", "ray", "mlflow", "pybullet", "gymnasium", "learner", "workers", "fleet", "yaml", "pandas")
 print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in forbidden)))
@@ -283,5 +287,111 @@ def test_a_belief_policy_runs_on_the_runtime_as_any_recurrent_policy(tmp_path):
     assert [r["trial_episode"] for r in results] == [1, 2, 1] and all(r["steps"] == 6 for r in results)
     assert np.isfinite(np.stack(robot.actions)).all()
     model = PolicyModel.from_artifact(PolicyArtifact.load(tmp_path / "policy"))
-    with pytest.raises(ValueError, match="state is not an array: it cannot travel through stateless serving"):
-        model.predict(None, {"obs": [[0.0, 0.0]]})
+    out = model.predict(None, {"obs": [[0.0, 0.0]]})  # no state: the prior
+    assert len(out["state"][0]) == flat_size(32, 2, 2) and np.isfinite(out["action"]).all()
+
+
+# ---- belief: the state travels, adaptation on the robot, the adapted version's fixed task vector ---------------
+BELIEF_TRAIN = [Task("point", f"point/train/{i}", {"k": k}) for i, k in enumerate((-1.0, 1.0))]  # box [-1, 1]
+
+
+class ConstantRewardRobot(PointRobot):
+    """Every step pays 0.5: a belief whose task model says r = z settles on z = 0.5."""
+
+    def act(self, action):
+        step = super().act(action)
+        return Step(step.observation, 0.5, step.done, step.info)
+
+
+def belief_path(tmp_path) -> str:
+    from tests.policy.test_belief_policy import belief_weights
+
+    art = PolicyArtifact.build(belief_weights(settings=(64, 1, 0.05, 0.2)), spaces=SPACES,
+                               fleet={"family": "point", "horizon": 6}, learner={"trial_episodes": 2})
+    return saved(tmp_path, art)
+
+
+def test_a_belief_state_round_trips_through_arrays_and_stateless_serving(tmp_path):
+    from policy.belief import BeliefState
+
+    path = belief_path(tmp_path)
+    model = PolicyModel.from_artifact(PolicyArtifact.load(path))
+    policy, rng = model.policy, np.random.default_rng(3)
+    state = policy.initial_state(2, rng)
+    policy.sample_step(np.ones((2, 2), np.float32), np.zeros((2, 2)), np.zeros(2), np.zeros(2), state, rng)
+    policy.sample_step(np.zeros((2, 2), np.float32), np.ones((2, 2)), np.full(2, 0.5), np.zeros(2), state, rng)
+    back = BeliefState.from_arrays(state.to_arrays(), 64, 1, 2)
+    flat = BeliefState.from_flat(state.to_flat(), 64, 1, 2)
+    for other in (back, flat):
+        for key, value in state.to_arrays().items():
+            np.testing.assert_array_equal(other.to_arrays()[key], value)
+    bad = state.to_arrays() | {"z": np.zeros((2, 3))}
+    with pytest.raises(ValueError, match=r"'z' has shape \(2, 3\); this policy expects \(2, 1\)"):
+        BeliefState.from_arrays(bad, 64, 1, 2)
+    with pytest.raises(ValueError, match="'log_weights' holds non-finite values"):
+        BeliefState.from_arrays(state.to_arrays() | {"log_weights": np.full((2, 64), np.nan)}, 64, 1, 2)
+    with pytest.raises(ValueError, match="lacks \\['prev_obs'\\]"):
+        BeliefState.from_arrays({k: v for k, v in state.to_arrays().items() if k != "prev_obs"}, 64, 1, 2)
+    with pytest.raises(ValueError, match="rows of 132 numbers"):
+        BeliefState.from_flat(np.zeros((1, 5)), 64, 1, 2)
+    # serving: no state = the prior; the state goes out and comes back; each step is the policy's own
+    obs, served, direct = [[0.1, 0.2]], [], policy.initial_state(1)
+    state_in, prev, reward = [], [0.0, 0.0], 0.0
+    for _ in range(4):
+        out = model.predict(None, {"obs": [obs[0]], "state": [state_in], "prev_action": [prev],
+                                   "prev_reward": [reward], "prev_done": [0.0]})
+        actions, _, direct = policy.sample_step(np.asarray(obs, np.float32), np.asarray([prev], np.float32),
+                                                np.asarray([reward], np.float32), np.zeros(1, np.float32), direct,
+                                                np.random.default_rng(0), True)
+        np.testing.assert_allclose(out["action"], actions, atol=1e-6)
+        np.testing.assert_allclose(out["state"], direct.to_flat(), atol=1e-6)
+        state_in, prev, reward = out["state"][0], out["action"][0], 0.5
+        served.append(out["belief_mean"][0][0])
+    assert abs(served[-1] - 0.5) < abs(served[0] - 0.5)  # rewards of 0.5 pull the belief to z = 0.5
+    with pytest.raises(ValueError, match="'state' row 0 has 3 numbers; this belief policy's state has 132"):
+        model.predict(None, {"obs": [[0.0, 0.0]], "state": [[1.0, 2.0, 3.0]]})
+    with pytest.raises(ValueError, match="'log_weights' holds non-finite values"):
+        model.predict(None, {"obs": [[0.0, 0.0]], "state": [[0.0] * 64 + [np.inf] + [0.0] * 67]})
+
+
+def test_a_belief_policy_adapts_on_the_robot_and_registers_its_actor_with_a_fixed_task_vector(tmp_path):
+    from deploy.adapt import fixed_actor
+
+    path = belief_path(tmp_path)
+    runtime, robot = RobotRuntime(path, NO_RATE), ConstantRewardRobot()
+    runtime.use_prior()
+    before = [runtime.run_episode(robot, seed=9) for _ in range(2)]
+    assert before[0] == before[1] and runtime.driver.episodes_in_trial == 1  # a fresh belief each episode
+    out = runtime.adapt(robot, episodes=3, seed=0)  # one trial of 3 episodes, whatever trial_episodes (2) says
+    assert [r["trial_episode"] for r in out["episodes"]] == [1, 2, 3] and out["transitions"] == 18
+    assert out["z"][0] == pytest.approx(0.5, abs=0.1) and out["std"][0] < 0.2
+    assert out["policy_steps"] == 18 and 0 < out["infer_s"] < out["collect_s"] and out["policy_ms_per_step"] > 0
+    robot.actions.clear()
+    after = [runtime.run_episode(robot, seed=9) for _ in range(2)]
+    assert after[0] == after[1] and after[0]["trial_episode"] == 4  # each starts from the belief the context left
+    np.testing.assert_allclose(robot.actions[0], [0.5, -0.5], atol=0.15)  # acts on what it believes
+    # the adapted version: the actor with the belief's mean fixed as its task vector; no task needed
+    meta = PolicyArtifact.load(path)
+    weights, section = fixed_actor(meta, BELIEF_TRAIN, out["z"])
+    assert weights.spec.kind == "mlp" and weights.spec.conditioning == "concat" and "belief.low" not in weights.arrays
+    assert section["fixed"]["vector"] == out["z"] and section["encoding"] == "params"
+    assert section["fixed"]["param_values"] == pytest.approx(out["z"])  # k in [-1, 1]: mean 0, std 1
+    adapted = saved(tmp_path / "adapted", PolicyArtifact.build(weights, spaces=SPACES, conditioning=section,
+                                                              fleet={"family": "point", "horizon": 6}))
+    fixed = RobotRuntime(adapted, NO_RATE)
+    fixed.set_task(None)  # needs no --task; a named task goes to the robot, the vector stays
+    np.testing.assert_array_equal(fixed.driver.context, np.asarray(out["z"], np.float32))
+    obs = np.asarray([0.1, -0.2], np.float32)
+    expected = runtime.policy.actor.mean(obs[None], np.asarray([out["z"]], np.float32))[0]
+    np.testing.assert_allclose(fixed.act(obs)[1]["proposed"], expected, atol=1e-6)
+    fixed.set_task({"k": -1.0})
+    np.testing.assert_array_equal(fixed.driver.context, np.asarray(out["z"], np.float32))
+    served = PolicyModel.from_artifact(PolicyArtifact.load(adapted)).predict(None, {"obs": [obs.tolist()]})
+    np.testing.assert_allclose(served["action"][0], expected, atol=1e-6)
+    shifted = [Task("point", f"point/train/{i}", {"k": k}) for i, k in enumerate((0.0, 0.5, 3.0))]
+    with pytest.raises(ValueError, match="do not rebuild the task vectors it was trained on"):
+        fixed_actor(meta, shifted, out["z"])
+    bad = {**section, "fixed": {"vector": [0.1, float("inf")]}}
+    with pytest.raises(ArtifactError, match=r"'conditioning.fixed' must hold 'vector': 1 finite numbers"):
+        RobotRuntime(saved(tmp_path / "bad", PolicyArtifact.build(weights, spaces=SPACES, conditioning=bad,
+                                                                  fleet={"family": "point", "horizon": 6})))

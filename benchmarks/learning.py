@@ -91,9 +91,10 @@ def run_one(family: str, algorithm: str, seed: int, iterations: int | None, back
     result.tracker.close()
     final = result.final_eval
     record = {"family": family, "algorithm": algorithm, "seed": seed, "config": Path(path).relative_to(ROOT).as_posix(),
-              "overrides": overrides, "iterations": result.iterations, "env_steps": result.env_steps,
+              "overrides": overrides, "iterations": result.iterations,
               "wall_seconds": round(time.perf_counter() - started, 1), "train_seconds": round(result.wall_seconds, 1),
               "steps": list(final.steps), "task_ids": list(final.task_ids), **figures(final),
+              "env_steps": result.env_steps,  # training env steps (after figures(): its env_steps are the eval's)
               "eval_env_steps": final.env_steps,
               "baselines": {name: figures(r) for name, r in result.baselines.items()}, "curve": list(result.curve)}
     if prov is not None:

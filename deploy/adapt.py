@@ -199,11 +199,11 @@ def adapt_on_robot(uri: str, address: str, task_params: dict | None = None, epis
     return _register(registry, resolved, meta, weights, rid, task, before, after, episodes, steps)
 
 
-def _adapt_pearl(registry, resolved, meta, address, task, rid, episodes, seed) -> AdaptResult:
-    """PEARL's adaptation, as on the robot itself (`fleet run --adapt`): `episodes` context episodes through the
-    safety layer, the posterior q(z | context) from the numpy encoder, evaluated against z from the prior on the
-    same seeds; the adapted artifact is the meta-policy's weights plus the inferred posterior (its manifest's
-    ``posterior``: mu, var and the z it acts with)."""
+def context_adaptation(meta: PolicyArtifact, address: str, task: Task, episodes: int, seed: int, acting=None):
+    """The on-robot protocol of the policies that adapt by inference (PEARL, belief), as `fleet run --adapt`:
+    `episodes` before-episodes from the prior, `episodes` context episodes through the safety layer, then as many
+    after-episodes on the before-episodes' seeds with the runtime `acting(adapted)` returns (default: the same
+    runtime, acting on what it inferred). Returns (before, adapted, after) runtime results."""
     from deploy.runtime import RobotRuntime
 
     runtime = RobotRuntime(meta, SafetyConfig(), deterministic=True)
@@ -218,9 +218,18 @@ def _adapt_pearl(registry, resolved, meta, address, task, rid, episodes, seed) -
         runtime.use_prior(seed)
         before = [runtime.run_episode(robot, task=named, seed=first + i) for i in range(episodes)]
         adapted = runtime.adapt(robot, episodes, named, seed)
-        after = [runtime.run_episode(robot, task=named, seed=first + i) for i in range(episodes)]
+        after_runtime = runtime if acting is None else acting(adapted)
+        after = [after_runtime.run_episode(robot, task=named, seed=first + i) for i in range(episodes)]
     finally:
         robot.close()
+    return before, adapted, after
+
+
+def _adapt_pearl(registry, resolved, meta, address, task, rid, episodes, seed) -> AdaptResult:
+    """PEARL's adaptation (:func:`context_adaptation`): the posterior q(z | context) from the numpy encoder,
+    evaluated against z from the prior on the same seeds; the adapted artifact is the meta-policy's weights plus
+    the inferred posterior (its manifest's ``posterior``: mu, var and the z it acts with)."""
+    before, adapted, after = context_adaptation(meta, address, task, episodes, seed)
     posterior = {"mu": adapted["mu"], "var": adapted["var"], "z": adapted["z"], "context_episodes": episodes,
                  "transitions": adapted["transitions"], "collect_s": adapted["collect_s"],
                  "infer_s": adapted["infer_s"]}
@@ -251,36 +260,27 @@ def fixed_actor(meta: PolicyArtifact, train: list[Task], z) -> tuple[PolicyWeigh
 
 
 def _adapt_belief(registry, resolved, meta, cfg, address, task, rid, episodes, seed) -> AdaptResult:
-    """A belief policy's adaptation, as on the robot (`fleet run --adapt`): before = a fresh belief per episode;
-    `episodes` context episodes through the safety layer, one trial, the belief updated every step; the adapted
-    version is its actor with the task vector fixed to the belief's mean (:func:`fixed_actor`), and `after` is
-    that version run on the before-episodes' seeds."""
+    """A belief policy's adaptation (:func:`context_adaptation`): before = a fresh belief per episode; the context
+    episodes are one trial, the belief updated every step; the adapted version is its actor with the task vector
+    fixed to the belief's mean (:func:`fixed_actor`), and `after` is that version on the before-episodes' seeds."""
     from deploy.runtime import RobotRuntime
 
-    runtime = RobotRuntime(meta, SafetyConfig(), deterministic=True)
-    try:
-        robot = connect_robot(address)
-    except OSError as exc:  # refused, unreachable, timed out, failed handshake
-        raise ConnectionError(f"robot {address} is unreachable: {exc}") from None
-    named = {**task.params, "family": task.family}
-    first = seed + episodes  # evaluation seeds: after the context episodes', the same before and after
-    try:
-        runtime.check_robot(robot)
-        runtime.use_prior(seed)
-        before = [runtime.run_episode(robot, task=named, seed=first + i) for i in range(episodes)]
-        adapted = runtime.adapt(robot, episodes, named, seed)
-        weights, conditioning = fixed_actor(meta, task_distribution(cfg).tasks("train"), adapted["z"])
+    built: dict = {}
+
+    def acting(adapted: dict) -> RobotRuntime:
+        built["weights"], built["conditioning"] = fixed_actor(meta, task_distribution(cfg).tasks("train"),
+                                                              adapted["z"])
         manifest = {k: v for k, v in meta.manifest.items() if k not in INHERITED}
-        fixed = RobotRuntime(PolicyArtifact.build(weights, **{**manifest, "conditioning": conditioning}),
-                             SafetyConfig(), deterministic=True)
-        after = [fixed.run_episode(robot, task=named, seed=first + i) for i in range(episodes)]
-    finally:
-        robot.close()
+        artifact = PolicyArtifact.build(built["weights"], **{**manifest, "conditioning": built["conditioning"]})
+        return RobotRuntime(artifact, SafetyConfig(), deterministic=True)
+
+    before, adapted, after = context_adaptation(meta, address, task, episodes, seed, acting)
     belief = {"mean": adapted["z"], "std": adapted["std"], "context_episodes": episodes,
               "transitions": adapted["transitions"], "collect_s": adapted["collect_s"],
               "infer_s": adapted["infer_s"], "policy_ms_per_step": adapted["policy_ms_per_step"]}
-    return _register(registry, resolved, meta, weights, rid, task, EpisodeFigures(before), EpisodeFigures(after),
-                     episodes, 0, extra={"conditioning": conditioning, "belief": belief})
+    return _register(registry, resolved, meta, built["weights"], rid, task, EpisodeFigures(before),
+                     EpisodeFigures(after), episodes, 0,
+                     extra={"conditioning": built["conditioning"], "belief": belief})
 
 
 def _register(registry, resolved, meta, weights, rid, task, before, after, episodes, steps,

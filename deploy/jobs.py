@@ -134,8 +134,13 @@ def evaluate_model(uri: str, split: str = "test", steps: tuple[int, ...] = (0, 1
     trial = learner_section.get("trial_episodes", 1)  # train sizes are unused here but must be whole RL^2 trials
     cfg = manifest_config(manifest, uri, allow_plugins, plugin_config,
                           train={"episodes_per_task": trial, "eval_episodes": trial})
-    learner = make_learner(artifact.weights.spec, cfg.learner)
-    learner.policy.load_weights(artifact.weights)
+    if artifact.weights.spec.kind == "belief":  # numpy inference only: nothing of the learner to rebuild
+        from learner.belief import PublishedBelief
+
+        learner = PublishedBelief(artifact.weights)
+    else:
+        learner = make_learner(artifact.weights.spec, cfg.learner)
+        learner.policy.load_weights(artifact.weights)
     tasks = task_distribution(cfg).tasks(split)[:num_tasks]
     with make_pool(backend, num_workers) as pool:
         protocol = EvalProtocol(tuple(tasks), (robot_of(cfg),) * len(tasks), tuple(steps), episodes, cfg.fleet.horizon,

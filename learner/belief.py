@@ -227,6 +227,37 @@ class BeliefLearner(MultiTaskPPO):
         super().load_state_dict(state)
 
 
+class PublishedBelief(Learner):
+    """A published belief policy (its numpy weights, e.g. from the registry) evaluated as the learner evaluates
+    it: trials of `rounds` episodes, round k = the trial's episode k. Evaluation only (`fleet eval`)."""
+
+    algorithm = "belief"
+
+    def __init__(self, weights: PolicyWeights):
+        if weights.spec.kind != "belief":
+            raise ValueError(f"PublishedBelief evaluates 'belief' policies, got kind {weights.spec.kind!r}")
+        self.weights = weights
+
+    def adaptation(self, tasks: Sequence[Task], rounds: int, version: str, episodes: int) -> Plan:
+        yield Collect("eval", tuple(tasks), (self.weights,) * len(tasks), episodes * rounds, "trials",
+                      trial_episodes=rounds, measures=tuple(range(rounds)))
+
+    def collect(self, tasks: Sequence[Task], iteration: int, episodes: int) -> Plan:
+        raise NotImplementedError("a published belief policy is evaluated, not trained: train with learner/belief.py")
+
+    def update(self) -> dict[str, float]:
+        raise NotImplementedError("a published belief policy is evaluated, not trained")
+
+    def policy_weights(self, version: str) -> PolicyWeights:
+        return self.weights
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
 class OracleLearner(Learner):
     """A task-conditioned policy evaluated with each task's true vector: every round is the same policy, so
     round k measures it again on fresh episodes. Evaluation only."""

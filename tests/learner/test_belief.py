@@ -96,3 +96,15 @@ def test_state_round_trips_for_resume(trained):
     a, b = learner.policy_weights("v").arrays, copy.policy_weights("v").arrays
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     assert copy.replay.count == learner.replay.count
+
+
+def test_a_published_belief_policy_evaluates_as_its_learner_does(trained):
+    """`fleet eval` of a registered belief policy (learner.belief.PublishedBelief: numpy weights only) measures
+    exactly what the learner's own evaluation measures."""
+    from learner.belief import PublishedBelief
+
+    learner, pool, _ = trained
+    published = PublishedBelief(learner.policy_weights("eval/belief"))
+    assert summary(published, pool) == summary(learner, pool)
+    with pytest.raises(ValueError, match="'belief' policies"):
+        PublishedBelief(learner.actor_weights("v"))

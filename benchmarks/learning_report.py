@@ -17,7 +17,7 @@ from pathlib import Path
 ROUNDS = (0, 1, 2)  # the adaptation rounds tabulated (the targets: <= 2 context episodes / gradient steps)
 SCRATCH, ORACLE = "from-scratch", "oracle"  # learner/evaluation.py FROM_SCRATCH and ORACLE (not imported: stdlib)
 FAMILY_ORDER = ("reach", "push", "velocity", "direction", "dynamics")
-LEARNER_ORDER = ("belief", "pearl", "maml", "fomaml", "metasgd", "reptile", "rl2", "mtppo")
+LEARNER_ORDER = ("belief", "pearl", "maml", "maml (3 steps)", "fomaml", "metasgd", "reptile", "rl2", "mtppo")
 CURVE_POINTS = 6  # evaluations shown per curve in the table (evenly spaced, first and last included)
 
 

@@ -227,63 +227,56 @@ class BeliefLearner(MultiTaskPPO):
         super().load_state_dict(state)
 
 
-class PublishedBelief(Learner):
+class EvaluationOnly(Learner):
+    """A learner that is only evaluated (a yardstick, or a published policy): fixed weights, nothing to train."""
+
+    def __init__(self, weights: PolicyWeights):
+        self.weights = weights
+
+    def collect(self, tasks: Sequence[Task], iteration: int, episodes: int) -> Plan:
+        raise NotImplementedError(f"{type(self).__name__} is evaluated, never trained")
+
+    def update(self) -> dict[str, float]:
+        raise NotImplementedError(f"{type(self).__name__} is evaluated, never trained")
+
+    def policy_weights(self, version: str) -> PolicyWeights:
+        return self.weights
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class PublishedBelief(EvaluationOnly):
     """A published belief policy (its numpy weights, e.g. from the registry) evaluated as the learner evaluates
-    it: trials of `rounds` episodes, round k = the trial's episode k. Evaluation only (`fleet eval`)."""
+    it: trials of `rounds` episodes, round k = the trial's episode k (`fleet eval`)."""
 
     algorithm = "belief"
 
     def __init__(self, weights: PolicyWeights):
         if weights.spec.kind != "belief":
             raise ValueError(f"PublishedBelief evaluates 'belief' policies, got kind {weights.spec.kind!r}")
-        self.weights = weights
+        super().__init__(weights)
 
     def adaptation(self, tasks: Sequence[Task], rounds: int, version: str, episodes: int) -> Plan:
         yield Collect("eval", tuple(tasks), (self.weights,) * len(tasks), episodes * rounds, "trials",
                       trial_episodes=rounds, measures=tuple(range(rounds)))
 
-    def collect(self, tasks: Sequence[Task], iteration: int, episodes: int) -> Plan:
-        raise NotImplementedError("a published belief policy is evaluated, not trained: train with learner/belief.py")
 
-    def update(self) -> dict[str, float]:
-        raise NotImplementedError("a published belief policy is evaluated, not trained")
-
-    def policy_weights(self, version: str) -> PolicyWeights:
-        return self.weights
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-
-class OracleLearner(Learner):
+class OracleLearner(EvaluationOnly):
     """A task-conditioned policy evaluated with each task's true vector: every round is the same policy, so
-    round k measures it again on fresh episodes. Evaluation only."""
+    round k measures it again on fresh episodes."""
 
     algorithm = ORACLE
 
     def __init__(self, weights: PolicyWeights, encode):
-        self.weights, self.encode = weights, encode
+        super().__init__(weights)
+        self.encode = encode
 
     def adaptation(self, tasks: Sequence[Task], rounds: int, version: str, episodes: int) -> Plan:
         tasks = tuple(tasks)
         contexts = tuple(self.encode(t) for t in tasks)
         for k in range(rounds):
             yield Collect("eval", tasks, (self.weights,) * len(tasks), episodes, "eval", contexts, measures=(k,))
-
-    def collect(self, tasks: Sequence[Task], iteration: int, episodes: int) -> Plan:
-        raise NotImplementedError("the oracle yardstick is evaluated, never trained")
-
-    def update(self) -> dict[str, float]:
-        raise NotImplementedError("the oracle yardstick is evaluated, never trained")
-
-    def policy_weights(self, version: str) -> PolicyWeights:
-        return self.weights
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass

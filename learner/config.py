@@ -185,6 +185,9 @@ class LearnerConfig(_Strict):
                              f"(got algorithm {self.algorithm!r}); meta-learners infer the task from reward")
         if self.pcgrad and self.algorithm != "mtppo":
             raise ValueError(f"pcgrad applies to algorithm 'mtppo' only, got {self.algorithm!r}")
+        if self.inner_rates == "per_step" and self.algorithm != "maml":
+            raise ValueError(f"inner_rates 'per_step' applies to algorithm 'maml' only (Meta-SGD learns per-parameter "
+                             f"rates shared by its steps), got {self.algorithm!r}")
         if self.algorithm == "pearl" and self.context_size > self.buffer_size:
             raise ValueError(f"pearl: context_size ({self.context_size}) cannot exceed buffer_size "
                              f"({self.buffer_size}), the transitions a task keeps")

@@ -17,6 +17,8 @@ SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
      "train.episodes_per_task (3) must be a multiple of learner.trial_episodes (2) for rl2"),
     (["learner.task_weights={reach: 0}"], "task_weights['reach'] must be > 0"),
     (["learner.algorithm=bogus"], "learner.algorithm"),
+    (["learner.algorithm=reptile", "learner.inner_rates=per_step"],
+     "inner_rates 'per_step' applies to algorithm 'maml'"),
 ])
 def test_inconsistent_learner_settings_are_refused(overrides, expected):
     with pytest.raises(ConfigError) as info:

@@ -144,7 +144,7 @@ class BeliefLearner(MultiTaskPPO):
         # every row carries its task's TRUE vector (explore episodes acted with a guess; the reward is the task's)
         fresh = [transitions(b, self.context_for(b.task)) for b in [*support, *query, *explored]]
         rows, rewards = np.concatenate([f[0] for f in fresh]), np.concatenate([f[1] for f in fresh])
-        probe = [transitions(b, self.context_for(b.task)) for b in explored] or fresh
+        probe = fresh[len(fresh) - len(explored):] if explored else fresh  # the explore episodes', when there are
         self.model_error = self._residual_scale(np.concatenate([p[0] for p in probe]),
                                                 np.concatenate([p[1] for p in probe]))  # before fitting them
         self.replay.add(rows, rewards)

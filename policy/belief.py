@@ -236,9 +236,5 @@ class NumpyBeliefPolicy:
         return actions, logp, state
 
     def sample(self, obs, rng, deterministic=False, context=None):
-        """With a task vector `context` it is the oracle (the actor given the true z); without one it needs its
-        belief state: use workers.recurrent.rollout_trials or sample_step."""
-        if context is None or np.asarray(context).size == 0:
-            raise TypeError("a belief policy infers its task over steps: use workers.recurrent.rollout_trials or "
-                            "NumpyBeliefPolicy.sample_step(obs, prev_action, prev_reward, prev_done, state, rng)")
-        return self.actor.sample(obs, rng, deterministic, context=context)
+        raise TypeError("a belief policy infers its task over steps: use workers.recurrent.rollout_trials or "
+                        "NumpyBeliefPolicy.sample_step(obs, prev_action, prev_reward, prev_done, state, rng)")

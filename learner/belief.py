@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -113,6 +114,11 @@ class BeliefLearner(MultiTaskPPO):
         self.model_optimizer = torch.optim.Adam(self.model.parameters(), lr=config.model_lr)
         self.replay = TransitionReplay(config.model_buffer)
         self.rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ())))
+        # The task model's own stream (replay minibatches), so a fit running beside collect() draws the same.
+        self.model_rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ())))
+        self.fitting: threading.Thread | None = None  # the background fit in flight (`model_background`)
+        self.fit_outcome: dict = {}  # what it left: "loss" or "error"
+        self.model_loss = float("nan")  # the last finished fit's final loss
         self.explored: list[Batch] = []  # this iteration's explore phase (task model only)
         self.model_error = 1.0  # robust scale of the model's residuals on fresh data (the likelihood's scale)
         vectors = np.asarray([self.context_for(t) for t in self.train_tasks], np.float64).reshape(-1, base.context_dim)
@@ -139,6 +145,11 @@ class BeliefLearner(MultiTaskPPO):
                                           self.config.model_episodes, "explore", guesses, label="explore")
 
     def learn(self, support: Sequence[Batch], query: Sequence[Batch]) -> dict[str, float]:
+        """MT-PPO's update of the actor, then the task model's regression on the replay (with `model_background`,
+        started here and left running while the workers collect the next iteration: the next collection acts
+        with the actor only; everything that reads the model waits for it first, see `settle_model`).
+        `model_loss` is the last finished fit's (with `model_background`, the previous iteration's)."""
+        self.settle_model()
         metrics = super().learn(support, query)
         explored, self.explored = list(self.explored), []
         # every row carries its task's TRUE vector (explore episodes acted with a guess; the reward is the task's)
@@ -148,26 +159,53 @@ class BeliefLearner(MultiTaskPPO):
         self.model_error = self._residual_scale(np.concatenate([p[0] for p in probe]),
                                                 np.concatenate([p[1] for p in probe]))  # before fitting them
         self.replay.add(rows, rewards)
-        loss = self.fit_model(self.config.model_steps)
-        return {**metrics, "model_loss": loss, "model_error": self.model_error}
+        if self.config.model_background:
+            # update() folds this iteration's observations into the normaliser right after learn(): the fit keeps
+            # the normalisation of now, as an inline fit sees it
+            norm = (self.policy.obs_mean.clone(), self.policy.obs_std.clone())
+            self.fitting = threading.Thread(target=self._fit_in_background, args=(self.config.model_steps, norm),
+                                            name="belief-task-model", daemon=True)
+            self.fitting.start()
+        else:
+            self.model_loss = self.fit_model(self.config.model_steps)
+        loss = {"model_loss": self.model_loss} if np.isfinite(self.model_loss) else {}  # none finished yet
+        return {**metrics, **loss, "model_error": self.model_error}
 
-    def fit_model(self, steps: int) -> float:
-        """`steps` Adam steps of squared reward error on replay minibatches; the last loss."""
+    def _fit_in_background(self, steps: int, norm: tuple[torch.Tensor, torch.Tensor]) -> None:
+        try:
+            self.fit_outcome = {"loss": self.fit_model(steps, norm)}
+        except BaseException as exc:  # re-raised where the model is next needed (settle_model)
+            self.fit_outcome = {"error": exc}
+
+    def settle_model(self) -> None:
+        """Wait for a background fit of the task model, if one runs; re-raise what it raised."""
+        if self.fitting is None:
+            return
+        self.fitting.join()
+        self.fitting, outcome, self.fit_outcome = None, self.fit_outcome, {}
+        if "error" in outcome:
+            raise RuntimeError(f"belief: the task model's background fit failed: {outcome['error']!r}") \
+                from outcome["error"]
+        self.model_loss = float(outcome["loss"])
+
+    def fit_model(self, steps: int, norm: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
+        """`steps` Adam steps of squared reward error on replay minibatches (observations normalised by `norm`,
+        default the policy's current mean and std); the last loss."""
         loss = torch.zeros(())
         for _ in range(steps):
-            rows, rewards = self.replay.sample(self.rng, self.config.model_batch)
-            x, r = self._model_input(rows), torch.as_tensor(rewards, device=self.device)
+            rows, rewards = self.replay.sample(self.model_rng, self.config.model_batch)
+            x, r = self._model_input(rows, norm), torch.as_tensor(rewards, device=self.device)
             loss = torch.nn.functional.mse_loss(self.model(x), r)
             self.model_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.model_optimizer.step()
         return float(loss.detach())
 
-    def _model_input(self, rows: np.ndarray) -> torch.Tensor:
+    def _model_input(self, rows: np.ndarray, norm: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Raw rows [obs, action, next obs, z] -> the model's input, normalised as the numpy twin does."""
         d, a = self.policy.spec.obs_dim, self.policy.spec.act_dim
         x = torch.as_tensor(rows, device=self.device)
-        mean, std = self.policy.obs_mean, self.policy.obs_std
+        mean, std = norm if norm is not None else (self.policy.obs_mean, self.policy.obs_std)
         obs = ((x[:, :d] - mean) / std).clamp(-OBS_CLIP, OBS_CLIP)
         act = x[:, d:d + a].clamp(-INPUT_CLIP, INPUT_CLIP)
         nxt = ((x[:, d + a:2 * d + a] - mean) / std).clamp(-OBS_CLIP, OBS_CLIP)
@@ -188,6 +226,7 @@ class BeliefLearner(MultiTaskPPO):
 
     def policy_weights(self, version: str) -> PolicyWeights:
         """The published policy: actor + task model + prior box + inference settings (policy.belief)."""
+        self.settle_model()
         actor = self.actor_weights(version)
         spec = replace(actor.spec, kind="belief", model_sizes=tuple(self.config.model_sizes))
         arrays = dict(actor.arrays)
@@ -213,12 +252,19 @@ class BeliefLearner(MultiTaskPPO):
         return OracleLearner(self.actor_weights("oracle"), self.context_for)
 
     def state_dict(self) -> dict:
+        self.settle_model()
         return {**super().state_dict(), "model": self.model.state_dict(),
                 "model_optimizer": self.model_optimizer.state_dict(), "replay": self.replay.state_dict(),
-                "model_error": self.model_error, "numpy_rng": json.dumps(self.rng.bit_generator.state)}
+                "model_error": self.model_error, "model_loss": self.model_loss,
+                "numpy_rng": json.dumps(self.rng.bit_generator.state),
+                "model_rng": json.dumps(self.model_rng.bit_generator.state)}
 
     def load_state_dict(self, state: dict) -> None:
+        self.settle_model()
         state = dict(state)
+        self.model_loss = float(state.pop("model_loss", float("nan")))
+        if "model_rng" in state:  # checkpoints before the task model had its own stream: keep this one's
+            self.model_rng.bit_generator.state = json.loads(state.pop("model_rng"))
         self.model.load_state_dict(state.pop("model"))
         self.model_optimizer.load_state_dict(state.pop("model_optimizer"))
         self.replay.load_state_dict(state.pop("replay"))

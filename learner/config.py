@@ -169,6 +169,9 @@ class LearnerConfig(_Strict):
                                 "vector drawn from the prior (data for the task model only)")
     model_batch: int = Field(512, ge=1, description="belief: transitions per task-model step")
     model_buffer: int = Field(200_000, ge=1, description="belief: transitions the task model's replay keeps")
+    model_background: bool = Field(True, description="belief: fit the task model in a background thread while the "
+                                   "workers collect the next iteration (only the published policy needs it, never "
+                                   "the next collection); false fits it inside update(). Same result either way")
     belief_particles: int = Field(256, ge=2, description="belief: particles of the task belief")
     belief_resample_every: int = Field(2, ge=1, description="belief: steps between draws of the z acted with "
                                        "(posterior sampling)")

@@ -5,6 +5,9 @@ fails this test. Also: the loop's accounting, the published policy kind, the ora
 
 from __future__ import annotations
 
+import threading
+from copy import deepcopy
+
 import numpy as np
 import pytest
 import torch
@@ -92,10 +95,12 @@ def test_transitions_pair_each_step_with_its_next_observation_and_task_vector(tr
 def test_state_round_trips_for_resume(trained):
     learner, _, _ = trained
     copy = BeliefLearner(POINT_SPEC, learner.config, learner.train_tasks)
-    copy.load_state_dict(learner.state_dict())
+    copy.load_state_dict(deepcopy(learner.state_dict()))  # as from a file: torch shares loaded optimiser tensors
     a, b = learner.policy_weights("v").arrays, copy.policy_weights("v").arrays
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     assert copy.replay.count == learner.replay.count
+    # the task model's own stream and optimiser came along: further fitting stays in step
+    assert copy.fit_model(5) == learner.fit_model(5)
 
 
 def test_a_published_belief_policy_evaluates_as_its_learner_does(trained):
@@ -108,3 +113,43 @@ def test_a_published_belief_policy_evaluates_as_its_learner_does(trained):
     assert summary(published, pool) == summary(learner, pool)
     with pytest.raises(ValueError, match="'belief' policies"):
         PublishedBelief(learner.actor_weights("v"))
+
+
+def run_iterations(background: bool, iterations: int = 3) -> BeliefLearner:
+    from tests.fakes import point_env_factory
+
+    torch.manual_seed(3)
+    tasks = point_tasks(8, seed=1)
+    learner = BeliefLearner(POINT_SPEC, config(model_background=background, model_steps=30), tasks)
+    with LocalWorkerPool(1, point_env_factory) as pool:
+        for it in range(iterations):
+            drive_iteration(learner, pool, tasks[:4], it, episodes=2, horizon=HORIZON)
+    return learner
+
+
+def test_the_background_model_fit_gives_exactly_the_inline_result():
+    """The fit runs beside the next collection (`model_background`) yet draws from its own stream and is waited
+    for before anything reads the model: the published weights and the checkpoint equal the inline fit's."""
+    background, inline = run_iterations(True), run_iterations(False)
+    assert background.fitting is not None  # the last iteration's fit was left running
+    a, b = background.policy_weights("v").arrays, inline.policy_weights("v").arrays
+    assert background.fitting is None  # publishing waited for it
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert background.model_loss == inline.model_loss and np.isfinite(inline.model_loss)
+    sa, sb = background.state_dict(), inline.state_dict()
+    assert sa["model_rng"] == sb["model_rng"] and sa["numpy_rng"] == sb["numpy_rng"]
+
+
+def test_a_failed_background_fit_is_raised_where_the_model_is_next_needed():
+    learner = run_iterations(True, iterations=1)
+    learner.settle_model()
+
+    def broken(steps, norm):
+        raise FloatingPointError("injected")
+
+    learner.fit_model = broken
+    learner.fitting = threading.Thread(target=learner._fit_in_background, args=(1, None))
+    learner.fitting.start()
+    with pytest.raises(RuntimeError, match=r"background fit failed.*injected"):
+        learner.policy_weights("v")
+    assert learner.fitting is None

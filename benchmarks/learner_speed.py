@@ -1,9 +1,11 @@
 """Gradient steps/s of each learner's update at the main jobs' sizes, and how long the learner blocks the workers.
 
 For each learner (``--learners``: MAML = ``configs/reach-maml.yaml``, MT-PPO = ``configs/reach-mtppo.yaml``, PEARL =
-``configs/reach-pearl.yaml``) and each device (``cpu``, plus ``cuda`` when torch sees one), the job is built as
-``fleet train`` builds it (benchmarks/training_runs.py; the learner in this process on that device) and run for
-one untimed warm-up iteration plus ``--iterations`` timed ones, on real data from its own workers:
+``configs/reach-pearl.yaml``, belief = the main job ``configs/reach.yaml`` with its task model fitted in the
+background (the default) and ``belief-inline`` = the same with ``learner.model_background=false``) and each
+device (``cpu``, plus ``cuda`` when torch sees one), the job is built as ``fleet train`` builds it
+(benchmarks/training_runs.py; the learner in this process on that device) and run for one untimed warm-up
+iteration plus ``--iterations`` timed ones, on real data from its own workers:
 
 - ``learn_seconds`` of an iteration is the learner's ``update()`` (what the trainer times): the workers wait
   for new weights meanwhile. MAML's inner adaptation step between support and query runs inside collection,
@@ -11,8 +13,13 @@ one untimed warm-up iteration plus ``--iterations`` timed ones, on real data fro
 - gradient steps per update: ``ppo_epochs`` x task minibatches for the PPO-family learners (one outer Adam
   step each: for MAML through the adapted parameters, second order as configured), ``gradient_steps`` for
   PEARL (each a SAC + encoder step on ``tasks_per_step`` tasks). Steps/s = steps per update / learn_seconds.
-- blocked fraction = sum(learn_seconds) / sum(sample_seconds + learn_seconds): the share of the loop in which
-  no worker samples (the loop does not overlap learning with collection).
+- blocked fraction = sum(blocked seconds) / sum(iteration seconds), with an iteration's blocked seconds the
+  trainer's own ``learner_blocked_fraction`` x its wall time (the update, less what a prefetched phase covered
+  with ``train.overlap``, plus the learner's plan code between phases): the share of the loop in which the
+  workers wait for the learner. The belief learner's background fit of its task model is not blocking; it
+  competes with the workers for CPU instead, which shows in the iteration seconds (also reported).
+- belief's steps per update: its PPO steps, plus ``model_steps`` task-model steps when they run inside
+  ``update()`` (``belief-inline``); in the background they are listed apart.
 
 A learner whose job cannot be built or run (PEARL while it is not wired into the builder and trainer) is
 listed as skipped with the error, and the others still run.
@@ -37,14 +44,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from benchmarks import provenance, report
 from benchmarks.training_runs import TrainingJob, gradient_steps_per_update
 
-LEARNERS = {"maml": "configs/reach-maml.yaml", "mtppo": "configs/reach-mtppo.yaml", "pearl": "configs/reach-pearl.yaml"}
+LEARNERS = {"maml": "configs/reach-maml.yaml", "mtppo": "configs/reach-mtppo.yaml", "pearl": "configs/reach-pearl.yaml",
+            "belief": "configs/reach.yaml", "belief-inline": "configs/reach.yaml"}
+EXTRA = {"belief-inline": ("learner.model_background=false",)}  # a learner's own overrides
 
 
 @dataclass(frozen=True)
 class Config:
     """Sizes of one run (the CLI flags)."""
 
-    learners: tuple[str, ...] = ("maml", "mtppo", "pearl")
+    learners: tuple[str, ...] = ("maml", "mtppo", "pearl", "belief", "belief-inline")
     iterations: int = 3
     devices: tuple[str, ...] | None = None  # None: cpu, plus cuda when torch sees one
     overrides: tuple[str, ...] = ()
@@ -52,7 +61,8 @@ class Config:
 
 QUICK = Config(iterations=1, overrides=("train.meta_batch_size=2", "train.episodes_per_task=2", "fleet.horizon=10",
                                         "workers.num_workers=1", "learner.gradient_steps=5", "learner.batch_size=16",
-                                        "learner.context_size=10", "learner.tasks_per_step=2"))
+                                        "learner.context_size=10", "learner.tasks_per_step=2",
+                                        "learner.model_steps=20"))
 
 
 def devices(cfg: Config) -> list[str]:
@@ -63,20 +73,27 @@ def devices(cfg: Config) -> list[str]:
 
 def measure_one(name: str, device: str, cfg: Config) -> dict:
     """One learner on one device: per-iteration learn/sample seconds, gradient steps/s, blocked fraction."""
-    overrides = [f"learner.device={device}", "learner.placement=driver", *cfg.overrides]
+    overrides = [f"learner.device={device}", "learner.placement=driver", *EXTRA.get(name, ()), *cfg.overrides]
     with TrainingJob(LEARNERS[name], overrides, name) as job:
         job.iterate()  # warm-up: first CUDA kernels, allocator, actors' env construction
         its = [job.iterate() for _ in range(cfg.iterations)]
+        settle = getattr(job.trainer.learner, "settle_model", None)
+        if settle is not None:  # a background fit ends inside its own job, not in the next one's timings
+            settle()
         steps = gradient_steps_per_update(job.cfg)
         job_cfg = job.cfg
+    lc = job_cfg.learner
+    beside = lc.model_steps if lc.algorithm == "belief" and lc.model_background else 0
+    if lc.algorithm == "belief" and not beside:
+        steps += lc.model_steps
     learn = [i.learn_seconds for i in its]
-    sample = [i.sample_seconds for i in its]
-    return {"learner": name, "device": device, "config": LEARNERS[name],
+    return {"learner": name, "device": device, "config": LEARNERS[name], "overrides": list(EXTRA.get(name, ())),
             "workers": f"{job_cfg.workers.backend} x {job_cfg.workers.num_workers}",
             "meta_batch": job_cfg.train.meta_batch_size, "env_steps_per_iteration": its[0].env_steps,
-            "gradient_steps_per_update": steps, "learn_seconds": learn, "sample_seconds": sample,
+            "gradient_steps_per_update": steps, "background_steps": beside, "learn_seconds": learn,
+            "sample_seconds": [i.sample_seconds for i in its], "iteration_seconds": [i.seconds for i in its],
             "gradient_steps_per_s": steps / statistics.median(learn),
-            "blocked_fraction": sum(learn) / (sum(learn) + sum(sample)),
+            "blocked_fraction": sum(i.blocked_seconds for i in its) / sum(i.seconds for i in its),
             "iterations": [i.to_dict() for i in its]}
 
 

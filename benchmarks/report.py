@@ -179,13 +179,17 @@ def render_deployment(data: dict) -> list[str]:
 
 
 def render_vs_rllib(data: dict) -> list[str]:
-    cfg, limit = data["config"], data["physics_limit"]
+    cfg, limit, envs = data["config"], data["physics_limit"], data.get("env_limit") or {}
+    with_env = bool(envs)
     lines = [f"{cfg['steps_per_iteration']:,} env steps per iteration, {cfg['iterations']} iteration(s) per system "
              f"per round, {cfg['rounds']} rounds, interleaved; learning included.", "",
-             "| system | each round (env steps/s) | mean | fraction of physics limit |", "|---|---|---:|---:|"]
+             "| system | each round (env steps/s) | mean | fraction of physics limit |"
+             + (" fraction of env limit |" if with_env else ""), "|---|---|---:|---:|" + ("---:|" if with_env else "")]
     for s in data["systems"].values():
         each = " / ".join(f"{v:,.0f}" for v in s["steps_per_s"])
-        lines.append(f"| {s['label']} | {each} | {s['mean']:,.0f} | {s['fraction_of_physics_limit']:.2f} |")
+        env = s.get("fraction_of_env_limit")
+        lines.append(f"| {s['label']} | {each} | {s['mean']:,.0f} | {s['fraction_of_physics_limit']:.2f} |"
+                     + ((f" {env:.2f} |" if env is not None else " – |") if with_env else ""))
     lines.append("")
     for key, ratio in sorted(data["ratios"].items()):
         each = " / ".join(f"{v:.2f}" for v in ratio["per_round"])
@@ -195,6 +199,13 @@ def render_vs_rllib(data: dict) -> list[str]:
                  f"{a['raw_step_simulation_per_s_per_core']:,.0f}/s after (one core) / {b['substeps_per_env_step']} "
                  f"substeps x {limit['rollout_processes']} rollout processes = {limit['env_steps_per_s']:,.0f} "
                  "env steps/s")
+    for family, env in sorted(envs.items()):
+        line = (f"env limit ({family}): the rollout loop alone, {env['env_steps_per_s_per_core']:,.0f} env steps/s per "
+                f"core (CPU time) x {env['cores']} = {env['env_steps_per_s']:,.0f} env steps/s")
+        rllib = data["systems"].get("rllib")
+        if rllib and family == rllib.get("family", "reach"):
+            line += f"; the most any system could be over RLlib here: {env['env_steps_per_s'] / rllib['mean']:.2f}x"
+        lines.append(line)
     return lines
 
 
@@ -223,12 +234,16 @@ def render_scaling(data: dict) -> list[str]:
 
 def render_learner_speed(data: dict) -> list[str]:
     lines = ["| learner | device | workers | meta-batch | steps per update | update s (each) | gradient steps/s "
-             "| blocked fraction |", "|---|---|---|---:|---:|---|---:|---:|"]
+             "| iteration s (median) | blocked fraction |", "|---|---|---|---:|---:|---|---:|---:|---:|"]
     for r in data["rows"]:
         each = " / ".join(f"{s:.2f}" for s in r["learn_seconds"])
+        steps = str(r["gradient_steps_per_update"])
+        if r.get("background_steps"):
+            steps += f" (+{r['background_steps']} in the background)"
+        iteration = f"{statistics.median(r['iteration_seconds']):.2f}" if r.get("iteration_seconds") else "–"
         lines.append(f"| {r['learner']} | {r['device']} | {r['workers']} | {r['meta_batch']} "
-                     f"| {r['gradient_steps_per_update']} | {each} | {r['gradient_steps_per_s']:.1f} "
-                     f"| {r['blocked_fraction']:.2f} |")
+                     f"| {steps} | {each} | {r['gradient_steps_per_s']:.1f} | {iteration} "
+                     f"| {r['blocked_fraction']:.3f} |")
     lines += [f"skipped {s['learner']} on {s['device']}: {s['error']}" for s in data["skipped"]]
     lines.append(f"torch CPU threads: {data['torch_threads']}")
     return lines

@@ -34,6 +34,9 @@ class IterationFigures:
     seconds: float
     sample_seconds: float
     learn_seconds: float
+    # the trainer's `learner_blocked_fraction` x the iteration: the part of `update()` no prefetched phase covered
+    # (`train.overlap`) plus the learner's plan code between phases; nan when the trainer did not report it
+    blocked_seconds: float = float("nan")
 
     @property
     def steps_per_s(self) -> float:
@@ -104,7 +107,9 @@ class TrainingJob:
         metrics = self.trainer.iterate()
         seconds = time.perf_counter() - started
         steps, self._steps = int(metrics["env_steps"]) - self._steps, int(metrics["env_steps"])
-        return IterationFigures(steps, seconds, float(metrics["sample_seconds"]), float(metrics["learn_seconds"]))
+        blocked = float(metrics.get("learner_blocked_fraction", float("nan"))) * float(metrics["iteration_seconds"])
+        return IterationFigures(steps, seconds, float(metrics["sample_seconds"]), float(metrics["learn_seconds"]),
+                                blocked)
 
 
 def physics_limit(cores: int, seconds: float, robot_id: str = "kuka-0") -> dict:
@@ -136,3 +141,37 @@ def physics_limit(cores: int, seconds: float, robot_id: str = "kuka-0") -> dict:
     env.close()
     return {"raw_step_simulation_per_s_per_core": raw, "substeps_per_env_step": substeps, "cores": cores,
             "env_steps_per_s": raw / substeps * cores}
+
+
+def env_limit(family: str, cores: int, seconds: float, init_std: float, episodes: int = 10, horizon: int = 50,
+              robot_id: str = "kuka-0") -> dict:
+    """The rollout loop alone on one core: `episodes` envs of `family` stepped in lockstep by a freshly initialised
+    policy (action std `init_std`, as the systems start), one task after another, no pool, no Ray, no learner;
+    env steps per second of this process's CPU time, and that rate x `cores`: the most any system can collect
+    on this machine with this env (an action's cost depends on it: IK work grows with the commanded move)."""
+    import numpy as np
+    import torch
+
+    import fleet
+    from fleet.tasks import TaskDistribution
+    from learner.networks import GaussianMLPPolicy
+    from policy import NumpyGaussianPolicy, PolicySpec
+    from workers.rollout import rollout
+
+    robot = fleet.RobotSpec(robot_id=robot_id)
+    envs = [fleet.make_env(family, robot, horizon) for _ in range(episodes)]
+    try:
+        spec = PolicySpec(envs[0].observation_space.shape[0], envs[0].action_space.shape[0])
+        torch.manual_seed(0)
+        policy = NumpyGaussianPolicy(GaussianMLPPolicy(spec, init_std=init_std).to_weights("limit"))
+        tasks = TaskDistribution(family, num_train=50, num_test=1, seed=0).tasks("train")
+        steps, i, start = 0, 0, time.process_time()
+        while time.process_time() - start < seconds:
+            out = rollout(envs, policy, tasks[i % len(tasks)].params, horizon, seed=i)
+            steps, i = steps + int(np.asarray(out["mask"]).sum()), i + 1
+        rate = steps / (time.process_time() - start)
+    finally:
+        for env in envs:
+            env.close()
+    return {"family": family, "env_steps_per_s_per_core": rate, "cores": cores, "env_steps_per_s": rate * cores,
+            "init_std": init_std, "episodes_per_rollout": episodes}

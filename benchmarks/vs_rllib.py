@@ -44,13 +44,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 import fleet
 from benchmarks import provenance, report
-from benchmarks.training_runs import IterationFigures, TrainingJob, physics_limit
+from benchmarks.training_runs import IterationFigures, TrainingJob, env_limit, physics_limit
 
 SYSTEMS = {"mtppo": ("metafleet MT-PPO", "configs/reach-mtppo.yaml"),
            "maml": ("metafleet MAML", "configs/reach-maml.yaml"),
            "rllib": ("RLlib PPO", None),
+           # learning overlapped with collection: the next iteration's first phase is sampled during the update
+           "mtppo_overlap": ("metafleet MT-PPO, train.overlap", "configs/reach-mtppo.yaml"),
            # the same task with joint-position-delta actions (no IK per step): its fraction of the physics limit
-           "maml_joint": ("metafleet MAML, joint-space actions", "configs/reach-joint.yaml")}
+           "maml_joint": ("metafleet MAML, joint-space actions", "configs/reach-joint.yaml"),
+           "mtppo_joint": ("metafleet MT-PPO, joint-space actions", "configs/reach-joint.yaml")}
+# A system's own overrides. The overlapped job never reaches a checkpoint or its last iteration (no prefetch there).
+EXTRA = {"mtppo_overlap": ("train.overlap=true", "train.iterations=100000", "train.checkpoint_every=100000"),
+         "mtppo_joint": ("learner.algorithm=mtppo",)}
+FAMILY = {"maml_joint": "reach_joint", "mtppo_joint": "reach_joint"}  # the env each system steps (default reach)
 RLLIB_ENV = "metafleet-reach-random-goal"
 
 
@@ -167,7 +174,7 @@ def set_log_std(algo, value: float) -> list[float]:
 def metafleet_job(name: str, cfg: Config) -> TrainingJob:
     overrides = ["workers.backend=ray", f"workers.num_workers={cfg.workers}", f"fleet.horizon={cfg.horizon}",
                  f"train.meta_batch_size={cfg.meta_batch}", f"train.episodes_per_task={cfg.episodes}",
-                 f"learner.ppo_epochs={cfg.epochs}", "learner.minibatches=1"]
+                 f"learner.ppo_epochs={cfg.epochs}", "learner.minibatches=1", *EXTRA.get(name, ())]
     return TrainingJob(SYSTEMS[name][1], overrides, SYSTEMS[name][0]).__enter__()
 
 
@@ -232,6 +239,8 @@ def measure(cfg: Config) -> dict:
 
     processes = min(max(cfg.workers, cfg.rllib_runners), len(os.sched_getaffinity(0)))
     before = physics_limit(processes, cfg.physics_seconds)
+    envs = {family: env_limit(family, processes, cfg.physics_seconds, reach_init_std(), cfg.episodes, cfg.horizon)
+            for family in sorted({FAMILY.get(name, "reach") for name in cfg.systems})}
     systems = start_systems(cfg)
     try:
         rounds = run_rounds(systems, cfg)
@@ -242,16 +251,21 @@ def measure(cfg: Config) -> dict:
     after = physics_limit(processes, cfg.physics_seconds)
     limit = (before["env_steps_per_s"] + after["env_steps_per_s"]) / 2
     return summarise(cfg, rounds, {"before": before, "after": after, "env_steps_per_s": limit,
-                                   "rollout_processes": processes}, init_log_std)
+                                   "rollout_processes": processes}, init_log_std, envs)
 
 
-def summarise(cfg: Config, rounds: dict[str, list[dict]], limit: dict, init_log_std) -> dict:
-    systems = {}
+def summarise(cfg: Config, rounds: dict[str, list[dict]], limit: dict, init_log_std, envs: dict | None = None) -> dict:
+    """Per system: its rounds, mean, fraction of the physics limit and of its env's limit (the rollout loop alone
+    on every rollout core, `training_runs.env_limit`); ratios to RLlib per round."""
+    systems, envs = {}, envs or {}
     for name, per_round in rounds.items():
         rates = [r["steps_per_s"] for r in per_round]
-        systems[name] = {"label": SYSTEMS[name][0], "rounds": per_round, "steps_per_s": rates,
+        family = FAMILY.get(name, "reach")
+        env = envs.get(family, {}).get("env_steps_per_s")
+        systems[name] = {"label": SYSTEMS[name][0], "rounds": per_round, "steps_per_s": rates, "family": family,
                          "mean": statistics.fmean(rates), "fraction_of_physics_limit":
-                         statistics.fmean(rates) / limit["env_steps_per_s"]}
+                         statistics.fmean(rates) / limit["env_steps_per_s"],
+                         "fraction_of_env_limit": statistics.fmean(rates) / env if env else None}
     ratios = {}
     if "rllib" in rounds:
         for name in rounds.keys() - {"rllib"}:
@@ -259,7 +273,8 @@ def summarise(cfg: Config, rounds: dict[str, list[dict]], limit: dict, init_log_
                                                strict=True)]
             ratios[f"{name}/rllib"] = {"per_round": per_round, "mean": statistics.fmean(per_round)}
     return {"config": {**asdict(cfg), "steps_per_iteration": cfg.steps_per_iteration},
-            "rllib_initial_log_std": init_log_std, "physics_limit": limit, "systems": systems, "ratios": ratios}
+            "rllib_initial_log_std": init_log_std, "physics_limit": limit, "env_limit": envs, "systems": systems,
+            "ratios": ratios}
 
 
 # ----------------------------------------------------------------------------------- reporting

@@ -30,6 +30,11 @@ def test_quick_run_times_each_learner(tmp_path):
         assert r["gradient_steps_per_s"] == pytest.approx(r["gradient_steps_per_update"] / r["learn_seconds"][0])
         assert 0 < r["blocked_fraction"] < 1
     assert rows["maml"]["gradient_steps_per_update"] == 5  # ppo_epochs 5 x one minibatch
+    # the main job's task model: 20 steps (QUICK) beside the update by default, inside it with model_background off
+    assert rows["belief"]["background_steps"] == 20 and rows["belief"]["gradient_steps_per_update"] == 5
+    assert rows["belief-inline"]["background_steps"] == 0
+    assert rows["belief-inline"]["gradient_steps_per_update"] == 5 + 20
+    assert rows["belief-inline"]["overrides"] == ["learner.model_background=false"]
 
 
 def test_gradient_steps_per_update_follows_the_config():

@@ -38,6 +38,9 @@ def check_systems(data, names):
             assert [i["env_steps"] for i in r["iterations"]] == [steps] * data["config"]["iterations"]
         assert system["fraction_of_physics_limit"] == pytest.approx(system["mean"] / data["physics_limit"][
             "env_steps_per_s"])
+        env = data["env_limit"][system["family"]]  # the rollout loop alone on the system's own env
+        assert env["env_steps_per_s"] == pytest.approx(env["env_steps_per_s_per_core"] * env["cores"])
+        assert system["fraction_of_env_limit"] == pytest.approx(system["mean"] / env["env_steps_per_s"])
     assert data["physics_limit"]["before"]["raw_step_simulation_per_s_per_core"] > 0
     assert "provenance" in data
 
@@ -58,9 +61,11 @@ def test_quick_run_against_rllib(tmp_path):
 @pytest.mark.slow
 @pytest.mark.integration
 def test_quick_run_without_rllib(tmp_path):
-    stdout, data = run_quick(tmp_path, "--systems", "mtppo", "maml")
-    check_systems(data, ["mtppo", "maml"])
+    stdout, data = run_quick(tmp_path, "--systems", "mtppo", "maml", "mtppo_overlap", "mtppo_joint")
+    check_systems(data, ["mtppo", "maml", "mtppo_overlap", "mtppo_joint"])
     assert data["ratios"] == {} and "| metafleet MAML |" in stdout
+    assert set(data["env_limit"]) == {"reach", "reach_joint"} and "env limit (reach_joint):" in stdout
+    assert data["systems"]["mtppo_joint"]["family"] == "reach_joint"
 
 
 def test_flags_override_the_quick_sizes_and_bad_counts_are_refused():

@@ -199,6 +199,12 @@ def render_vs_rllib(data: dict) -> list[str]:
                  f"{a['raw_step_simulation_per_s_per_core']:,.0f}/s after (one core) / {b['substeps_per_env_step']} "
                  f"substeps x {limit['rollout_processes']} rollout processes = {limit['env_steps_per_s']:,.0f} "
                  "env steps/s")
+    for s in data["systems"].values():
+        if s.get("steps_per_s_in_rollouts"):
+            env = (envs.get(s.get("family", "reach")) or {}).get("env_steps_per_s")
+            share = f" ({s['steps_per_s_in_rollouts'] / env:.2f} of its env limit)" if env else ""
+            lines.append(f"{s['label']}: workers inside rollouts {s['worker_busy_fraction']:.2f} of the wall time, "
+                         f"{s['steps_per_s_in_rollouts']:,.0f} env steps/s while there{share}")
     for family, env in sorted(envs.items()):
         line = (f"env limit ({family}): the rollout loop alone, {env['env_steps_per_s_per_core']:,.0f} env steps/s per "
                 f"core (CPU time) x {env['cores']} = {env['env_steps_per_s']:,.0f} env steps/s")

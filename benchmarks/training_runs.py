@@ -37,6 +37,8 @@ class IterationFigures:
     # the trainer's `learner_blocked_fraction` x the iteration: the part of `update()` no prefetched phase covered
     # (`train.overlap`) plus the learner's plan code between phases; nan when the trainer did not report it
     blocked_seconds: float = float("nan")
+    # the trainer's `worker_busy_fraction`: the share of the iteration the average worker spent inside rollouts
+    worker_busy_fraction: float = float("nan")
 
     @property
     def steps_per_s(self) -> float:
@@ -109,7 +111,7 @@ class TrainingJob:
         steps, self._steps = int(metrics["env_steps"]) - self._steps, int(metrics["env_steps"])
         blocked = float(metrics.get("learner_blocked_fraction", float("nan"))) * float(metrics["iteration_seconds"])
         return IterationFigures(steps, seconds, float(metrics["sample_seconds"]), float(metrics["learn_seconds"]),
-                                blocked)
+                                blocked, float(metrics.get("worker_busy_fraction", float("nan"))))
 
 
 def physics_limit(cores: int, seconds: float, robot_id: str = "kuka-0") -> dict:

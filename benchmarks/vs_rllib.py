@@ -262,10 +262,17 @@ def summarise(cfg: Config, rounds: dict[str, list[dict]], limit: dict, init_log_
         rates = [r["steps_per_s"] for r in per_round]
         family = FAMILY.get(name, "reach")
         env = envs.get(family, {}).get("env_steps_per_s")
+        its = [i for r in per_round for i in r["iterations"]]
+        # metafleet only: how much of the wall time its workers stepped envs, and their rate while they did
+        busy = [i.get("worker_busy_fraction", math.nan) for i in its]
+        in_rollouts = (sum(i["env_steps"] for i in its) / sum(b * i["seconds"] for b, i in zip(busy, its))
+                       if busy and all(math.isfinite(b) and b > 0 for b in busy) else None)
         systems[name] = {"label": SYSTEMS[name][0], "rounds": per_round, "steps_per_s": rates, "family": family,
                          "mean": statistics.fmean(rates), "fraction_of_physics_limit":
                          statistics.fmean(rates) / limit["env_steps_per_s"],
-                         "fraction_of_env_limit": statistics.fmean(rates) / env if env else None}
+                         "fraction_of_env_limit": statistics.fmean(rates) / env if env else None,
+                         "worker_busy_fraction": statistics.fmean(busy) if in_rollouts else None,
+                         "steps_per_s_in_rollouts": in_rollouts}
     ratios = {}
     if "rllib" in rounds:
         for name in rounds.keys() - {"rllib"}:

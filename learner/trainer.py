@@ -126,7 +126,9 @@ class Trainer:
         self.wall_seconds += clock["done"] - clock["started"]
         self.iteration += 1
         staleness = stale + [0] * (len(batches) - len(stale))
+        busy = worker_busy_fraction(batches, getattr(self.pool, "num_workers", 1), clock["done"] - clock["started"])
         return {**metrics, **accounting(phases), **timings(clock, steps), "env_steps": self.env_steps,
+                "worker_busy_fraction": busy,
                 "guard_trips_total": self.guard_trips, "batches": float(len(batches)),
                 "staleness_versions_mean": float(np.mean(staleness)) if staleness else 0.0,
                 "staleness_versions_max": float(max(staleness, default=0))}
@@ -326,6 +328,15 @@ def accounting(phases: list[Phase]) -> dict[str, float]:
     learners' pre_/post_return, pre_/post_success) and guard trips (steps dropped)."""
     trips = sum(int(b.stats.get("guard_trips", 0)) for _, batches in phases for b in batches)
     return {"guard_trips": float(trips), **phase_figures(phases)}
+
+
+def worker_busy_fraction(batches: list, workers: int, wall: float) -> float:
+    """The share of an iteration's wall time the average rollout worker spent inside rollouts (the batches' own
+    `sample_seconds`): the rest is the learner, the driver's plan code, Ray's dispatch and transfer, and
+    workers waiting for the slowest one at the end of each phase. With `train.overlap` a prefetched phase is
+    counted in the iteration that consumes it (its rollouts ran during the previous one's update)."""
+    seconds = sum(float(b.stats.get("sample_seconds", 0.0)) for b in batches)
+    return seconds / max(workers, 1) / max(wall, 1e-9)
 
 
 def timings(clock: dict[str, float], steps: int) -> dict[str, float]:

@@ -1,11 +1,12 @@
 """Gradient steps/s of each learner's update at the main jobs' sizes, and how long the learner blocks the workers.
 
 For each learner (``--learners``: MAML = ``configs/reach-maml.yaml``, MT-PPO = ``configs/reach-mtppo.yaml``, PEARL =
-``configs/reach-pearl.yaml``, belief = the main job ``configs/reach.yaml`` with its task model fitted in the
-background (the default) and ``belief-inline`` = the same with ``learner.model_background=false``) and each
-device (``cpu``, plus ``cuda`` when torch sees one), the job is built as ``fleet train`` builds it
-(benchmarks/training_runs.py; the learner in this process on that device) and run for one untimed warm-up
-iteration plus ``--iterations`` timed ones, on real data from its own workers:
+``configs/reach-pearl.yaml``, ``pearl-overlap`` = the same on 2 Ray workers with ``train.overlap``, belief = the
+main job ``configs/reach.yaml`` with its task model fitted in the background (the default) and
+``belief-inline`` = the same with ``learner.model_background=false``) and each device (``cpu``, plus ``cuda``
+when torch sees one), the job is built as ``fleet train`` builds it (benchmarks/training_runs.py; the learner in
+this process on that device) and run for one untimed warm-up iteration plus ``--iterations`` timed ones, on real
+data from its own workers:
 
 - ``learn_seconds`` of an iteration is the learner's ``update()`` (what the trainer times): the workers wait
   for new weights meanwhile. MAML's inner adaptation step between support and query runs inside collection,
@@ -45,15 +46,20 @@ from benchmarks import provenance, report
 from benchmarks.training_runs import TrainingJob, gradient_steps_per_update
 
 LEARNERS = {"maml": "configs/reach-maml.yaml", "mtppo": "configs/reach-mtppo.yaml", "pearl": "configs/reach-pearl.yaml",
-            "belief": "configs/reach.yaml", "belief-inline": "configs/reach.yaml"}
-EXTRA = {"belief-inline": ("learner.model_background=false",)}  # a learner's own overrides
+            "pearl-overlap": "configs/reach-pearl.yaml", "belief": "configs/reach.yaml",
+            "belief-inline": "configs/reach.yaml"}
+# A learner's own overrides. pearl-overlap: PEARL on 2 Ray workers with train.overlap (the next iteration's prior
+# episodes are collected during the SAC steps; the job never reaches a checkpoint or its end, where none is).
+EXTRA = {"belief-inline": ("learner.model_background=false",),
+         "pearl-overlap": ("workers.backend=ray", "workers.num_workers=2", "train.overlap=true",
+                           "train.iterations=100000", "train.checkpoint_every=100000")}
 
 
 @dataclass(frozen=True)
 class Config:
     """Sizes of one run (the CLI flags)."""
 
-    learners: tuple[str, ...] = ("maml", "mtppo", "pearl", "belief", "belief-inline")
+    learners: tuple[str, ...] = ("maml", "mtppo", "pearl", "pearl-overlap", "belief", "belief-inline")
     iterations: int = 3
     devices: tuple[str, ...] | None = None  # None: cpu, plus cuda when torch sees one
     overrides: tuple[str, ...] = ()

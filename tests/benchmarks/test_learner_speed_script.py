@@ -25,7 +25,7 @@ def test_quick_run_times_each_learner(tmp_path):
     data = json.loads(out.read_text())
     rows = {r["learner"]: r for r in data["rows"]}
     assert {"maml", "mtppo"} <= set(rows)  # PEARL may be skipped (with its error) while it is being wired in
-    assert {s["learner"] for s in data["skipped"]} <= {"pearl"}
+    assert {s["learner"] for s in data["skipped"]} <= {"pearl", "pearl-overlap"}
     for r in rows.values():
         assert r["gradient_steps_per_s"] == pytest.approx(r["gradient_steps_per_update"] / r["learn_seconds"][0])
         assert 0 < r["blocked_fraction"] < 1
@@ -35,6 +35,8 @@ def test_quick_run_times_each_learner(tmp_path):
     assert rows["belief-inline"]["background_steps"] == 0
     assert rows["belief-inline"]["gradient_steps_per_update"] == 5 + 20
     assert rows["belief-inline"]["overrides"] == ["learner.model_background=false"]
+    overlapped = rows["pearl-overlap"]
+    assert overlapped["workers"].startswith("ray x") and "train.overlap=true" in overlapped["overrides"]
 
 
 def test_gradient_steps_per_update_follows_the_config():

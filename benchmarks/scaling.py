@@ -1,4 +1,4 @@
-"""End-to-end env steps/s (learning included) of the main job vs rollout workers, across Ray nodes, and what
+"""End-to-end env steps/s (learning included) of a training job vs rollout workers, across Ray nodes, and what
 losing a node costs.
 
 Three parts, one job config (``--config``, default ``configs/reach-maml.yaml``: MAML on reach, built as
@@ -180,7 +180,7 @@ def render(data: dict) -> str:
 def parse_config(argv: Sequence[str] | None) -> tuple[Config, str | None]:
     d = Config()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=d.config, help="job config (default: the main job)")
+    parser.add_argument("--config", default=d.config, help="job config (default: MAML on reach)")
     parser.add_argument("--workers", type=int, nargs="+", default=list(d.workers), help="worker counts to run")
     parser.add_argument("--rounds", type=int, default=d.rounds, help="interleaved rounds of the worker sweep")
     parser.add_argument("--iterations", type=int, default=d.iterations, help="timed iterations per round, and "

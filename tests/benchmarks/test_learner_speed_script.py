@@ -48,3 +48,21 @@ def test_gradient_steps_per_update_follows_the_config():
     assert bench.gradient_steps_per_update(cfg) == 7
     few_tasks = load_config(data={"learner": {"minibatches": 8}, "train": {"meta_batch_size": 2}})
     assert bench.gradient_steps_per_update(few_tasks) == 5 * 2
+
+
+def test_the_device_script_parses_and_names_flags_its_benchmarks_accept():
+    """benchmarks/device_check.sh is run once, on a lent GPU host, with no chance to fix it there: its shell must
+    parse and every flag it passes must be accepted by the benchmark it calls."""
+    import shlex
+
+    root = Path(__file__).resolve().parents[2]
+    script = root / "benchmarks" / "device_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text().replace("\\\n", " ")
+    calls = [line.split("python ", 1)[1] for line in text.splitlines() if "python benchmarks/" in line]
+    assert {c.split()[0] for c in calls} == {"benchmarks/learner_speed.py", "benchmarks/scaling.py"}
+    for call in calls:
+        words = shlex.split(call.replace('"$out/', '"/tmp/'))
+        bench = load_benchmark(Path(words[0]).stem)
+        cfg, path = bench.parse_config(words[1:])
+        assert path.startswith("/tmp/") and cfg is not None

@@ -212,6 +212,12 @@ def render_vs_rllib(data: dict) -> list[str]:
         if rllib and family == rllib.get("family", "reach"):
             line += f"; the most any system could be over RLlib here: {env['env_steps_per_s'] / rllib['mean']:.2f}x"
         lines.append(line)
+        moving = env.get("moving_physics")
+        if moving:
+            raw = (b["raw_step_simulation_per_s_per_core"] + a["raw_step_simulation_per_s_per_core"]) / 2
+            lines.append(f"physics while the arm moves ({family}): {moving['step_simulation_per_s_per_core']:,.0f} "
+                         f"stepSimulation/s per core = {moving['step_simulation_per_s_per_core'] / raw:.2f} of the raw "
+                         "rate at rest: no env of this family can reach more of the physics limit")
     return lines
 
 

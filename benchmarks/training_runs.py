@@ -177,3 +177,39 @@ def env_limit(family: str, cores: int, seconds: float, init_std: float, episodes
             env.close()
     return {"family": family, "env_steps_per_s_per_core": rate, "cores": cores, "env_steps_per_s": rate * cores,
             "init_std": init_std, "episodes_per_rollout": episodes}
+
+
+def moving_physics(family: str, seconds: float, init_std: float, horizon: int = 50, robot_id: str = "kuka-0") -> dict:
+    """``stepSimulation``/s on one core of `family`'s own physics client while the robot moves: the env is stepped
+    with Gaussian actions of std `init_std` (a fresh policy's) and only its physics substeps are timed (CPU time).
+    The physics limit is defined by a robot at rest with no motor commands; a moving arm under position control
+    costs more per substep, which caps what any env of the family can reach of that limit."""
+    import numpy as np
+
+    import fleet
+
+    env = fleet.make_env(family, fleet.RobotSpec(robot_id=robot_id), horizon)
+    sim = env.unwrapped
+    step_sim, spent, count = sim._step_sim, [0.0], [0]  # the env's bound stepSimulation (benchmark-only wrap)
+
+    def timed() -> None:
+        start = time.process_time()
+        step_sim()
+        spent[0] += time.process_time() - start
+        count[0] += 1
+
+    sim._step_sim = timed
+    rng = np.random.default_rng(0)
+    try:
+        env.reset(seed=0)
+        start = time.process_time()
+        while time.process_time() - start < seconds:
+            action = np.clip(rng.normal(0.0, init_std, env.action_space.shape), -1.0, 1.0)
+            _, _, terminated, truncated, _ = env.step(action.astype(np.float32))
+            if terminated or truncated:
+                env.reset()
+    finally:
+        sim._step_sim = step_sim
+        env.close()
+    return {"family": family, "step_simulation_per_s_per_core": count[0] / spent[0], "substeps": count[0],
+            "init_std": init_std}

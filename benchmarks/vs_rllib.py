@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 import fleet
 from benchmarks import provenance, report
-from benchmarks.training_runs import IterationFigures, TrainingJob, env_limit, physics_limit
+from benchmarks.training_runs import IterationFigures, TrainingJob, env_limit, moving_physics, physics_limit
 
 SYSTEMS = {"mtppo": ("metafleet MT-PPO", "configs/reach-mtppo.yaml"),
            "maml": ("metafleet MAML", "configs/reach-maml.yaml"),
@@ -241,6 +241,8 @@ def measure(cfg: Config) -> dict:
     before = physics_limit(processes, cfg.physics_seconds)
     envs = {family: env_limit(family, processes, cfg.physics_seconds, reach_init_std(), cfg.episodes, cfg.horizon)
             for family in sorted({FAMILY.get(name, "reach") for name in cfg.systems})}
+    for family, env in envs.items():  # the family's physics alone while its arm moves (the limit is at rest)
+        env["moving_physics"] = moving_physics(family, cfg.physics_seconds, reach_init_std(), cfg.horizon)
     systems = start_systems(cfg)
     try:
         rounds = run_rounds(systems, cfg)

@@ -41,6 +41,7 @@ def check_systems(data, names):
         env = data["env_limit"][system["family"]]  # the rollout loop alone on the system's own env
         assert env["env_steps_per_s"] == pytest.approx(env["env_steps_per_s_per_core"] * env["cores"])
         assert system["fraction_of_env_limit"] == pytest.approx(system["mean"] / env["env_steps_per_s"])
+        assert env["moving_physics"]["substeps"] > 0 and env["moving_physics"]["step_simulation_per_s_per_core"] > 0
     assert data["physics_limit"]["before"]["raw_step_simulation_per_s_per_core"] > 0
     assert "provenance" in data
 
@@ -65,6 +66,7 @@ def test_quick_run_without_rllib(tmp_path):
     check_systems(data, ["mtppo", "maml", "mtppo_overlap", "mtppo_joint"])
     assert data["ratios"] == {} and "| metafleet MAML |" in stdout
     assert set(data["env_limit"]) == {"reach", "reach_joint"} and "env limit (reach_joint):" in stdout
+    assert "physics while the arm moves (reach_joint):" in stdout
     assert data["systems"]["mtppo_joint"]["family"] == "reach_joint"
 
 

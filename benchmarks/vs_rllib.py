@@ -17,7 +17,10 @@ Every system gets one untimed warm-up iteration (start-up excluded); then ``--ro
 hits all alike. One shared local Ray (127.0.0.1) holds every system's actors; only one system works at a time.
 A round's figure is its env steps / its wall time. The physics limit is raw ``stepSimulation``/s on one core
 (KUKA + plane, measured in this run, before and after the rounds) / physics substeps per env step x rollout
-processes: what the simulator alone would allow.
+processes: what the simulator alone would allow. Each env's limit (the rollout loop alone, per core, x rollout
+processes: the most any system can collect here) and its physics while the arm moves (the env's own substeps
+timed inside real steps; the raw limit is a robot at rest) are measured before and after the rounds too, and
+averaged: the machine's speed drifts.
 
 Usage::
 
@@ -238,11 +241,9 @@ def measure(cfg: Config) -> dict:
     import ray
 
     processes = min(max(cfg.workers, cfg.rllib_runners), len(os.sched_getaffinity(0)))
+    families = sorted({FAMILY.get(name, "reach") for name in cfg.systems})
     before = physics_limit(processes, cfg.physics_seconds)
-    envs = {family: env_limit(family, processes, cfg.physics_seconds, reach_init_std(), cfg.episodes, cfg.horizon)
-            for family in sorted({FAMILY.get(name, "reach") for name in cfg.systems})}
-    for family, env in envs.items():  # the family's physics alone while its arm moves (the limit is at rest)
-        env["moving_physics"] = moving_physics(family, cfg.physics_seconds, reach_init_std(), cfg.horizon)
+    envs_before = env_limits(families, processes, cfg)
     systems = start_systems(cfg)
     try:
         rounds = run_rounds(systems, cfg)
@@ -251,9 +252,33 @@ def measure(cfg: Config) -> dict:
         close_all(systems)
         ray.shutdown()
     after = physics_limit(processes, cfg.physics_seconds)
+    envs = average_env_limits(envs_before, env_limits(families, processes, cfg))
     limit = (before["env_steps_per_s"] + after["env_steps_per_s"]) / 2
     return summarise(cfg, rounds, {"before": before, "after": after, "env_steps_per_s": limit,
                                    "rollout_processes": processes}, init_log_std, envs)
+
+
+def env_limits(families: Sequence[str], processes: int, cfg: Config) -> dict[str, dict]:
+    """Each family's env limit and its physics while the arm moves, measured now (see training_runs)."""
+    out = {}
+    for family in families:
+        out[family] = env_limit(family, processes, cfg.physics_seconds, reach_init_std(), cfg.episodes, cfg.horizon)
+        out[family]["moving_physics"] = moving_physics(family, cfg.physics_seconds, reach_init_std(), cfg.horizon)
+    return out
+
+
+def average_env_limits(before: dict[str, dict], after: dict[str, dict]) -> dict[str, dict]:
+    """The mean of the measurements before and after the rounds (the machine's speed drifts), both kept."""
+    out = {}
+    for family, b in before.items():
+        a = after[family]
+        per_core = (b["env_steps_per_s_per_core"] + a["env_steps_per_s_per_core"]) / 2
+        moving = (b["moving_physics"]["step_simulation_per_s_per_core"]
+                  + a["moving_physics"]["step_simulation_per_s_per_core"]) / 2
+        out[family] = {**b, "env_steps_per_s_per_core": per_core, "env_steps_per_s": per_core * b["cores"],
+                       "moving_physics": {**b["moving_physics"], "step_simulation_per_s_per_core": moving},
+                       "before": b, "after": a}
+    return out
 
 
 def summarise(cfg: Config, rounds: dict[str, list[dict]], limit: dict, init_log_std, envs: dict | None = None) -> dict:

@@ -8,9 +8,17 @@ One entry per group of robots (a YAML file holds ``{seed: 0, robots: [...]}`` or
       link_mass_scale: {uniform: [0.8, 1.2]}   # sampled per robot, seeded by the fleet seed
       joint_damping: 0.5                         # listed: the same for every robot of the entry
       motor_strength: {uniform: [0.7, 1.0]}
+      joint_gains: {uniform: [0.5, 1.2], reversed: 0.3, failed: 0.05}   # drawn per controlled joint
     - model: kuka_iiwa
       id: kuka-new
       split: test                 # held out: only seen at evaluation ("a new robot of the fleet")
+      joint_gains: [1, -1, 1, 1, 0, 1, 1]        # listed: one per controlled joint of the model
+
+``joint_gains`` (:attr:`RobotSpec.joint_gains`: the multiplier, polarity and failure of each joint's motor) is a
+list of numbers, one per controlled joint, or a sampler drawn independently per joint of the entry's model: the
+magnitude uniform in ``[lo, hi]`` (within ``[0, 2]``), negative with probability ``reversed``, 0 (a failed motor)
+with probability ``failed`` (both optional, default 0, in ``[0, 1]``). Gains draw from their own stream
+(``[seed, entry index, 1]``), so adding them to an entry leaves its other sampled values as they were.
 
 The same spec and seed give the same fleet. Every error names the entry and the key.
 
@@ -32,10 +40,12 @@ from typing import Any
 import numpy as np
 import yaml
 
-from fleet.robots import ROBOT_MODELS, RobotSpec
+from fleet.robots import MAX_JOINT_GAIN, ROBOT_MODELS, RobotSpec
 
 VARIATION_KEYS = ("link_mass_scale", "joint_damping", "motor_strength")
-ENTRY_KEYS = ("model", "id", "count", "split", *VARIATION_KEYS)
+ENTRY_KEYS = ("model", "id", "count", "split", *VARIATION_KEYS, "joint_gains")
+GAIN_SAMPLER_KEYS = ("uniform", "reversed", "failed")
+GAINS_STREAM = 1  # the gains' own child stream of each entry's seed
 MAX_COUNT = 10_000
 
 
@@ -89,7 +99,12 @@ def check_fleet_families(families: Sequence[str], fleet: Fleet, horizon: int) ->
     from fleet.robots import get_robot_model
     from fleet.tasks import get_family
 
+    geared = [r.robot_id for r in fleet.robots if r.joint_gains]
     for name in families:
+        if geared and getattr(get_family(name), "action_mode", None) == "ee":
+            raise ValueError(f"task family {name!r} acts in end-effector space (IK), where joint gains do not "
+                             f"apply, but robots {geared[:3]} have joint_gains; use a joint-mode family "
+                             f"(e.g. {name}_joint or robot_reach)")
         kinds = getattr(get_family(name), "robot_kinds", None)
         for model in fleet.models:
             kind = get_robot_model(model).kind
@@ -182,7 +197,8 @@ def parse_fleet(entries: Any, seed: int = 0, source: str = "fleet.robots") -> Fl
     train: list[RobotSpec] = []
     test: list[RobotSpec] = []
     for index, entry in enumerate(entries):
-        split, robots = _build_entry(entry, f"{source}[{index}]", np.random.default_rng([seed, index]))
+        rngs = np.random.default_rng([seed, index]), np.random.default_rng([seed, index, GAINS_STREAM])
+        split, robots = _build_entry(entry, f"{source}[{index}]", *rngs)
         (test if split == "test" else train).extend(robots)
     ids = [r.robot_id for r in train + test]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
@@ -193,7 +209,8 @@ def parse_fleet(entries: Any, seed: int = 0, source: str = "fleet.robots") -> Fl
     return Fleet(train=tuple(train), test=tuple(test), seed=seed)
 
 
-def _build_entry(entry: Any, where: str, rng: np.random.Generator) -> tuple[str, list[RobotSpec]]:
+def _build_entry(entry: Any, where: str, rng: np.random.Generator,
+                 gains_rng: np.random.Generator) -> tuple[str, list[RobotSpec]]:
     if not isinstance(entry, dict):
         raise FleetSpecError(f"{where}: expected a mapping with keys {list(ENTRY_KEYS)}, got {entry!r}")
     unknown = sorted(set(entry) - set(ENTRY_KEYS))
@@ -212,9 +229,13 @@ def _build_entry(entry: Any, where: str, rng: np.random.Generator) -> tuple[str,
     if not isinstance(prefix, str) or not prefix:
         raise FleetSpecError(f"{where}.id: must be a non-empty string, got {prefix!r}")
     samplers = {key: _sampler(entry[key], f"{where}.{key}", key) for key in VARIATION_KEYS if key in entry}
+    if "joint_gains" in entry:
+        draw_gains = _gains_sampler(entry["joint_gains"], f"{where}.joint_gains", model, prefix)
     robots = []
     for i in range(count):
-        values = {key: draw(rng) for key, draw in samplers.items()}
+        values: dict[str, Any] = {key: draw(rng) for key, draw in samplers.items()}
+        if "joint_gains" in entry:
+            values["joint_gains"] = draw_gains(gains_rng)
         robot_id = prefix if count == 1 else f"{prefix}-{i}"
         try:
             robots.append(RobotSpec(robot_id=robot_id, model=model, **values))
@@ -253,3 +274,43 @@ def _check_value(value: float, where: str, key: str) -> None:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _gains_sampler(value: Any, where: str, model: str, robot_id: str):
+    """A function rng -> joint gains (one per controlled joint of ``model``) for a listed vector or
+    ``{uniform: [lo, hi], reversed: p, failed: q}``; every bound checked now."""
+    joints = ROBOT_MODELS[model].num_joints
+    if isinstance(value, list):
+        gains = tuple(value)
+        try:
+            RobotSpec(robot_id=robot_id, model=model, joint_gains=gains)
+        except ValueError as exc:
+            raise FleetSpecError(f"{where}: {exc}") from None
+        return lambda rng: gains
+    if not isinstance(value, dict) or "uniform" not in value or not set(value) <= set(GAIN_SAMPLER_KEYS):
+        raise FleetSpecError(f"{where}: expected a list of {joints} numbers (one per joint of {model!r}) or "
+                             f"{{uniform: [lo, hi], reversed: p, failed: q}}, got {value!r}")
+    bounds = value["uniform"]
+    if (not isinstance(bounds, Sequence) or isinstance(bounds, str) or len(bounds) != 2
+            or not all(_is_number(b) for b in bounds)):
+        raise FleetSpecError(f"{where}.uniform: expected [lo, hi] (two numbers), got {bounds!r}")
+    low, high = float(bounds[0]), float(bounds[1])
+    if not 0.0 <= low <= high <= MAX_JOINT_GAIN:
+        raise FleetSpecError(f"{where}.uniform: the gain magnitude needs 0 <= lo <= hi <= {MAX_JOINT_GAIN:g}, "
+                             f"got [{low:g}, {high:g}]")
+    p_reversed, p_failed = (_probability(value.get(key, 0.0), f"{where}.{key}") for key in ("reversed", "failed"))
+
+    def draw(rng: np.random.Generator) -> tuple[float, ...]:
+        # All three draws every time, so the stream does not depend on p and q being 0.
+        magnitude = rng.uniform(low, high, size=joints)
+        sign = np.where(rng.random(joints) < p_reversed, -1.0, 1.0)
+        alive = rng.random(joints) >= p_failed
+        return tuple(float(g) for g in np.where(alive, magnitude * sign, 0.0))  # +0.0, never -0.0
+
+    return draw
+
+
+def _probability(value: Any, where: str) -> float:
+    if not _is_number(value) or not 0.0 <= value <= 1.0:
+        raise FleetSpecError(f"{where}: expected a probability in [0, 1], got {value!r}")
+    return float(value)

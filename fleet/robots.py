@@ -1,19 +1,25 @@
 """Robot types (from ``pybullet_data``) and the per-robot variation that makes a fleet.
 
 A :class:`RobotModel` describes a kind of arm; a :class:`RobotSpec` is one member of the fleet: a model
-plus physical variation (heavier links, stiffer joints, weaker motors), so one policy must adapt to
-each robot as well as to each task.
+plus physical variation (heavier links, stiffer joints, weaker motors, per-joint gains and polarity), so one
+policy must adapt to each robot as well as to each task.
+
+:data:`ROBOT_PARAMS` names the privileged parameters a learner may be told (an "oracle" policy) and
+:func:`robot_vector` turns a spec into their values, normalised the same way for every fleet (so a vector
+means the same thing in every run).
 
 Usage::
 
     spec = RobotSpec(robot_id="kuka-3", link_mass_scale=1.2, motor_strength=0.8)
     model = get_robot_model(spec.model)
+    robot_vector(spec, ["link_mass_scale", "joint_gains"])   # 1 + MAX_JOINTS floats
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,6 +138,14 @@ def get_robot_model(name: str) -> RobotModel:
 # pybullet applies joint damping explicitly; measured here, added damping of 50+ makes the light wrist
 # links oscillate at the velocity limit, while 20 stays stable even with link_mass_scale=0.1.
 MAX_JOINT_DAMPING = 20.0
+# |joint gain| bound: twice the nominal command already saturates most actions; more is a typo, not a robot.
+MAX_JOINT_GAIN = 2.0
+# The most controlled joints of any model (the A1's 12): joint_gains vectors are padded to this length, so
+# one privileged vector layout serves every model.
+MAX_JOINTS = 12
+# The privileged robot parameters and their lengths in robot_vector.
+ROBOT_PARAMS: dict[str, int] = {"link_mass_scale": 1, "joint_damping": 1, "motor_strength": 1,
+                                "joint_gains": MAX_JOINTS}
 
 
 def _check_number(field: str, value: Any, *, positive: bool) -> None:
@@ -156,6 +170,10 @@ class RobotSpec:
         joint_damping: Added to each joint's URDF damping (pybullet ``jointDamping``), at most
             ``MAX_JOINT_DAMPING``.
         motor_strength: Scales each joint's maximum motor force.
+        joint_gains: One multiplier per controlled joint on the action before it reaches the motor: the sign
+            is the motor's polarity (negative: wired in reverse, or the encoder's sign convention flipped),
+            the magnitude its gain (0: a failed motor). Empty: every gain 1. How each env applies them:
+            :mod:`fleet.envs.arm` (joint mode only) and :mod:`fleet.envs.locomotion`.
     """
 
     robot_id: str = "kuka-0"
@@ -163,6 +181,7 @@ class RobotSpec:
     link_mass_scale: float = 1.0
     joint_damping: float = 0.0
     motor_strength: float = 1.0
+    joint_gains: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.robot_id, str) or not self.robot_id:
@@ -174,10 +193,19 @@ class RobotSpec:
             raise ValueError(f"RobotSpec.joint_damping must be <= {MAX_JOINT_DAMPING} (larger values make "
                              f"the simulation unstable), got {self.joint_damping!r}")
         _check_number("motor_strength", self.motor_strength, positive=True)
+        # A frozen dataclass: the normalised tuple (hashable, lists from JSON/YAML accepted) goes in this way.
+        object.__setattr__(self, "joint_gains", _check_gains(self.robot_id, self.model, self.joint_gains))
+
+    @property
+    def gains(self) -> tuple[float, ...]:
+        """The joint gains, one per controlled joint of the model (all 1.0 when ``joint_gains`` is empty)."""
+        return self.joint_gains or (1.0,) * get_robot_model(self.model).num_joints
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the spec as plain JSON-able data."""
-        return dataclasses.asdict(self)
+        """Return the spec as plain JSON-able data (``joint_gains`` as a list)."""
+        data = dataclasses.asdict(self)
+        data["joint_gains"] = list(self.joint_gains)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RobotSpec:
@@ -191,3 +219,58 @@ class RobotSpec:
                 f"unknown RobotSpec key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(valid)}"
             )
         return cls(**data)
+
+
+def _check_gains(robot_id: str, model: str, gains: Any) -> tuple[float, ...]:
+    """``gains`` as a tuple of floats; ``ValueError`` unless finite, within ``±MAX_JOINT_GAIN`` and one per joint."""
+    if not isinstance(gains, (tuple, list)):
+        raise ValueError(f"RobotSpec.joint_gains must be a list of numbers, got {gains!r}")
+    for gain in gains:
+        if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not math.isfinite(gain):
+            raise ValueError(f"RobotSpec.joint_gains must hold finite numbers, got {gain!r} in {list(gains)!r}")
+        if abs(gain) > MAX_JOINT_GAIN:
+            bound = f"{MAX_JOINT_GAIN:g}"
+            raise ValueError(f"RobotSpec.joint_gains must be in [-{bound}, {bound}], got {gain!r}")
+    expected = get_robot_model(model).num_joints
+    if gains and len(gains) != expected:
+        raise ValueError(f"robot {robot_id!r}: joint_gains has {len(gains)} entries, but model {model!r} has "
+                         f"{expected} controlled joints (expected {expected}, or none for all 1.0)")
+    return tuple(float(g) for g in gains)
+
+
+def check_robot_params(keys: Sequence[str]) -> None:
+    """Raise ``ValueError`` unless ``keys`` is a non-empty sequence of distinct :data:`ROBOT_PARAMS` names."""
+    if isinstance(keys, str) or not isinstance(keys, Sequence) or not keys:
+        raise ValueError(f"robot params must be a non-empty list of names from {list(ROBOT_PARAMS)}, got {keys!r}")
+    for key in keys:
+        if key not in ROBOT_PARAMS:
+            raise ValueError(f"unknown robot param {key!r}; known: {', '.join(ROBOT_PARAMS)}")
+    repeated = sorted({k for k in keys if list(keys).count(k) > 1})
+    if repeated:
+        raise ValueError(f"robot params must be distinct; repeated: {repeated}")
+
+
+def robot_param_dim(keys: Sequence[str]) -> int:
+    """Length of :func:`robot_vector` for ``keys`` (checked as :func:`check_robot_params` does)."""
+    check_robot_params(keys)
+    return sum(ROBOT_PARAMS[k] for k in keys)
+
+
+def robot_vector(spec: RobotSpec, keys: Sequence[str]) -> tuple[float, ...]:
+    """The privileged parameters ``keys`` of ``spec``, in that order, normalised independently of the fleet.
+
+    ``link_mass_scale - 1``, ``joint_damping / MAX_JOINT_DAMPING``, ``motor_strength - 1`` (0 for the nominal
+    robot, so an oracle input is ~0-centred without fleet statistics) and ``joint_gains`` padded with 1.0 to
+    :data:`MAX_JOINTS` (a missing joint behaves like a nominal one).
+    """
+    check_robot_params(keys)
+    values: list[float] = []
+    for key in keys:
+        if key == "joint_gains":
+            gains = spec.gains
+            values += [*gains, *[1.0] * (MAX_JOINTS - len(gains))]
+        elif key == "joint_damping":
+            values.append(spec.joint_damping / MAX_JOINT_DAMPING)
+        else:
+            values.append(getattr(spec, key) - 1.0)
+    return tuple(float(v) for v in values)

@@ -14,6 +14,11 @@ Two action modes (``action_mode``), both tracked by position control for ``subst
   target to its current position + ``action * max_joint_delta`` rad, clipped to the joint limits; one motor
   call for all joints and no IK. The end effector is free to tilt; the observation is the same (it
   already holds joint positions and velocities).
+
+The robot's ``joint_gains`` (:attr:`fleet.robots.RobotSpec.joint_gains`) act in joint space only: in joint mode
+the target is ``q + gain * action * max_joint_delta`` per joint (a reversed motor moves its joint the other way, a
+failed one, gain 0, holds it where it is: an arm's joint brakes). IK commands whole joint configurations, where a
+per-joint action gain has no meaning, so an ee-mode env refuses a robot with non-empty ``joint_gains``.
 """
 
 from __future__ import annotations
@@ -122,6 +127,10 @@ class ArmEnv(SimEnv):
         if action_mode not in ACTION_MODES:
             raise ValueError(f"action_mode must be one of {ACTION_MODES}, got {action_mode!r}")
         self.action_mode = action_mode
+        if action_mode == "ee" and self.robot.joint_gains:
+            raise ValueError(f"{type(self).__name__} in ee mode cannot apply the joint_gains of robot "
+                             f"{self.robot.robot_id!r}: gains act in joint space only (IK bypasses them); use "
+                             f"action_mode='joint' (families reach_joint, push_joint, robot_reach)")
         self.max_joint_delta = float(max_joint_delta)
         if substeps < 1 or joint_noise < 0:
             raise ValueError(f"substeps must be >= 1 and joint_noise >= 0, got {substeps!r}, {joint_noise!r}")
@@ -201,6 +210,9 @@ class ArmEnv(SimEnv):
         self._forces = [urdf_max_force[j] * spec.motor_strength for j in self._joints]
         self._held_forces = [urdf_max_force[j] * spec.motor_strength for j in self._held]
         self._gains = [POSITION_GAIN] * len(self._joints)
+        # Joint mode's rad per unit action, per joint: the robot's joint gains folded into max_joint_delta, so
+        # applying them costs no more than the plain scale did.
+        self._joint_step = np.asarray(spec.gains, dtype=np.float64) * self.max_joint_delta
 
     def _set_joints(self, positions: list[float]) -> None:
         """Teleport the joints (zero velocity) and hold them, and the held joints, with the motors."""
@@ -294,11 +306,11 @@ class ArmEnv(SimEnv):
         self._t += 1
 
     def _move_joints(self, action: np.ndarray) -> None:
-        """Set every joint's target to its last read position + ``action * max_joint_delta`` (within its limits)
-        in one motor call, and simulate ``substeps`` physics steps."""
+        """Set every joint's target to its last read position + ``gain * action * max_joint_delta`` (within its
+        limits) in one motor call, and simulate ``substeps`` physics steps."""
         # From the measured position, not the last target: the next target then depends only on the observation.
         # (A NaN state gives NaN targets; that state is lost anyway and step() has already truncated the episode.)
-        targets = clamp(self._raw_q + action * self.max_joint_delta, self._target_low, self._target_high)
+        targets = clamp(self._raw_q + action * self._joint_step, self._target_low, self._target_high)
         self._motor(self._body, self._joints, pybullet.POSITION_CONTROL,
                     targetPositions=targets.tolist(), forces=self._forces, positionGains=self._gains)
         for _ in range(self.substeps):

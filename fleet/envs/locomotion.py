@@ -1,8 +1,8 @@
 """LocomotionEnv: a legged robot (planar half-cheetah or A1 quadruped) runs under a hidden task.
 
 One pybullet ``BulletClient(DIRECT)`` per env: floor plane + robot, PD position control. The task
-(``velocity``, ``direction``, ``dynamics``; :mod:`fleet.envs.locomotion_tasks`) is hidden: it shapes the
-reward and, for ``dynamics``, the body, never the observation.
+(``velocity``, ``direction``, ``dynamics``, ``robot_run``; :mod:`fleet.envs.locomotion_tasks`) is hidden: it
+shapes the reward and, for ``dynamics``, the body, never the observation.
 
 Observation (float32, clipped into finite bounds; ``env.obs_slices`` names the parts), n actuated joints:
 
@@ -15,7 +15,10 @@ Neither the x/y position nor the task params are observed. Velocities are in the
 
 Action: ``Box(-1, 1, (n,))``, joint position targets: 0 is the home (standing) pose, ±1 the ends of each
 joint's action window (the cheetah: its joint range; the A1: home ± 0.6 rad within the joint range), tracked
-by position control with the robot's motor limits for ``substeps`` physics steps.
+by position control with the robot's motor limits for ``substeps`` physics steps. The robot's ``joint_gains``
+multiply the action per joint first (then clipped to ±1 again): a reversed motor (gain < 0) drives its joint to
+the mirrored target, and a failed one (gain 0) is limp (no motor force at all, as the ``dynamics`` family's
+failed motor), so its action has no effect.
 
 Forward velocity = x displacement of the base over the action / its duration. A quadruped whose base drops
 below ``fall_height`` or tilts past ``fall_tilt`` terminates; the cheetah never terminates (as in MAML).
@@ -104,7 +107,7 @@ class LocomotionEnv(SimEnv):
             ``"planar"`` or ``"quadruped"``.
         horizon: Steps per episode; ``truncated`` is True at the last one.
         render_mode: ``None`` or ``"rgb_array"``.
-        task: Task family name: ``"velocity"``, ``"direction"`` or ``"dynamics"``.
+        task: Task family name: ``"velocity"``, ``"direction"``, ``"dynamics"`` or ``"robot_run"``.
         joint_noise: Half-width (rad) of the seeded uniform noise on the joint positions at reset (the joint
             velocities get ten times as much, in rad/s).
         render_size: ``(width, height)`` of rendered frames.
@@ -201,9 +204,14 @@ class LocomotionEnv(SimEnv):
             client.changeDynamics(self._body, joint, maxJointVelocity=JOINT_SPEED_CLAMP)
             client.changeDynamics(self._body, joint,
                                   jointDamping=damping + spec.joint_damping * self._model.damping_scale)
-        self._robot_forces = [force * spec.motor_strength for force in self._file_forces]
+        gains = spec.gains
+        # A failed motor (gain 0) exerts no force: limp, not held at home by a still-working position loop.
+        self._robot_forces = [force * spec.motor_strength * (gain != 0.0)
+                              for force, gain in zip(self._file_forces, gains, strict=True)]
         self._forces = list(self._robot_forces)
         self._gains = [POSITION_GAIN] * len(self._joints)
+        # None for the nominal robot: its step then skips the multiply entirely.
+        self._action_gain = np.asarray(gains, dtype=np.float64) if spec.joint_gains else None
 
     def _define_spaces(self) -> None:
         n = len(self._joints)
@@ -283,7 +291,9 @@ class LocomotionEnv(SimEnv):
         if nonfinite:  # a NaN reaching pybullet silently poisons the whole simulation
             act = np.zeros_like(act)
         act = np.clip(act, -1.0, 1.0)
-        self._command(self._home + np.where(act >= 0, act * self._window_high, -act * self._window_low))
+        # minimum/maximum, not np.clip: a third of the cost on a 6-12 vector (np.clip's dispatch is ~10 us).
+        motor = act if self._action_gain is None else np.minimum(np.maximum(act * self._action_gain, -1.0), 1.0)
+        self._command(self._home + np.where(motor >= 0, motor * self._window_high, -motor * self._window_low))
         x_before = self._x
         for _ in range(self.physics.substeps):
             self._step_sim()
@@ -292,6 +302,7 @@ class LocomotionEnv(SimEnv):
         velocity = (self._x - x_before) / self.action_dt if finite else 0.0
         self._recent[(self._t - 1) % RECENT_WINDOW] = velocity
         recent = float(self._recent[: min(self._t, RECENT_WINDOW)].mean())
+        # The control cost is on what the policy asked for, not on what the robot's gains made of it.
         score = self.family.score(self._params, self.gait, velocity, recent, float(act @ act))
         terminated = finite and self._fallen()
         truncated = self._t >= self.horizon or not finite  # a non-finite state cannot be stepped out of

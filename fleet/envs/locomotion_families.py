@@ -1,4 +1,4 @@
-"""Locomotion task families for legged robots: ``velocity``, ``direction`` and ``dynamics``.
+"""Locomotion task families for legged robots: ``velocity``, ``direction``, ``dynamics`` and ``robot_run``.
 
 A family is its task (params, validation, reward: :mod:`fleet.envs.locomotion_tasks`) plus its env factory,
 which builds a :class:`fleet.envs.locomotion.LocomotionEnv`. The env is imported inside ``make_env`` so that
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fleet.envs.locomotion_tasks import DirectionTask, DynamicsTask, VelocityTask
+from fleet.envs.locomotion_tasks import DirectionTask, DynamicsTask, RobotRunTask, VelocityTask
 from fleet.robots import get_robot_model
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 
 class _LocomotionEnvFactory:
-    """The env factory the three families share (mixed into each family ahead of its task)."""
+    """The env factory the locomotion families share (mixed into each family ahead of its task)."""
 
     name: str
     robot_kinds: tuple[str, ...]
@@ -56,3 +56,7 @@ class DirectionFamily(_LocomotionEnvFactory, DirectionTask):
 
 class DynamicsFamily(_LocomotionEnvFactory, DynamicsTask):
     """Walk forward at a fixed speed on a hidden body; see :class:`DynamicsTask`."""
+
+
+class RobotRunFamily(_LocomotionEnvFactory, RobotRunTask):
+    """Run forward at a fixed speed where only the robot varies (a robot-adaptation exam); see :class:`RobotRunTask`."""

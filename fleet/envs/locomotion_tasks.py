@@ -1,4 +1,5 @@
-"""Locomotion tasks for legged robots: ``velocity``, ``direction`` and ``dynamics`` (no env, no pybullet).
+"""Locomotion tasks for legged robots: ``velocity``, ``direction``, ``dynamics`` and ``robot_run`` (no env, no
+pybullet).
 
 Each task draws hidden params, validates them and scores a step of :class:`fleet.envs.locomotion.LocomotionEnv`
 (which asks its task for the reward), so the env holds the physics and this module the tasks. Both the env and
@@ -211,6 +212,38 @@ class DynamicsTask(_LocomotionTask):
         return self._tracking(gait, velocity, recent, DYNAMICS_SPEED * gait.top_speed, ctrl)
 
 
-LOCOMOTION_TASKS: dict[str, VelocityTask | DirectionTask | DynamicsTask] = {
-    task.name: task for task in (VelocityTask(), DirectionTask(), DynamicsTask())
+class RobotRunTask(_LocomotionTask):
+    """Run forward at the fixed ``DYNAMICS_SPEED`` (cheetah 1 m/s, A1 0.25 m/s); the only hidden thing is the robot.
+
+    Params ``{"variant": u}``, ``u`` uniform in [0, 1), with no effect on the env: a nuisance id, as
+    ``direction``'s, that gives the task machinery (splits, ids, meta-batches) distinct tasks. An observed target
+    speed was the alternative; it was left out so that nothing but the robot's parameters (the fleet spec's
+    ``joint_gains``, masses, ...) separates episodes: an exam of robot inference, with the same observation as
+    the other locomotion families. Held-out tasks are new draws of the same task; held-out robots are the test.
+    """
+
+    name = "robot_run"
+    description = "run forward at a fixed speed; only the robot (fleet spec: joint gains, masses) is hidden"
+    param_names = ("variant",)
+
+    def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
+        """Draw the nuisance variant."""
+        return {"variant": float(rng.random())}
+
+    def too_close(self, a: dict[str, Any], b: dict[str, Any]) -> bool:
+        """Always False: every task is the same run; only exactly equal variants are rejected."""
+        return False
+
+    def validate(self, params: Any) -> dict[str, Any]:
+        """Return canonical params; ValueError naming the bad key otherwise."""
+        _check_keys(self.name, params, self.param_names)
+        return {"variant": _number(self.name, "variant", params["variant"], 0.0, 1.0)}
+
+    def score(self, params: dict[str, Any], gait: Gait, velocity: float, recent: float, ctrl: float) -> StepScore:
+        """Track the fixed forward speed."""
+        return self._tracking(gait, velocity, recent, DYNAMICS_SPEED * gait.top_speed, ctrl)
+
+
+LOCOMOTION_TASKS: dict[str, VelocityTask | DirectionTask | DynamicsTask | RobotRunTask] = {
+    task.name: task for task in (VelocityTask(), DirectionTask(), DynamicsTask(), RobotRunTask())
 }

@@ -64,3 +64,21 @@ class ReachJointFamily(ReachFamily):
     name = "reach_joint"
     description = "reach, with joint position deltas as actions (no IK per step)"
     action_mode = "joint"
+
+
+class RobotReachFamily(ReachJointFamily):
+    """Reach an *observed* goal with joint deltas: the only hidden thing is the robot (its ``joint_gains``).
+
+    Goals, params, train/test split, reward and success (5 cm) as ``reach``; the observation is the reach
+    observation plus ``goal - ee_pos`` (:class:`fleet.envs.robot_reach.RobotReachEnv`: 23 values on a 7-joint arm).
+    """
+
+    name = "robot_reach"
+    description = "reach an observed goal with joint deltas; only the robot (fleet spec: joint gains) is hidden"
+
+    def make_env(self, robot: RobotSpec, horizon: int, render_mode: str | None = None) -> gymnasium.Env:
+        """Build a :class:`fleet.envs.robot_reach.RobotReachEnv` for ``robot`` (an arm); then ``set_task``."""
+        check_robot_kind(self, robot)
+        from fleet.envs.robot_reach import RobotReachEnv  # deferred: pybullet only where envs are stepped
+
+        return RobotReachEnv(robot=robot, horizon=horizon, render_mode=render_mode)

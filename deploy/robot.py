@@ -42,6 +42,7 @@ class Robot(Protocol):
             step = robot.act(action)          # action in [action_low, action_high]
             if step.done:
                 break
+        robot.hold()                          # keep the joints where they are
         robot.close()
     """
 
@@ -59,6 +60,18 @@ class Robot(Protocol):
 
     def act(self, action: np.ndarray) -> Step:
         """Apply one control step's action and return what followed."""
+        ...
+
+    def stop(self) -> None:
+        """Halt motion now: command zero velocity (a controlled stop); the next ``act`` moves again."""
+        ...
+
+    def hold(self) -> None:
+        """Keep the current joint positions (zero velocity command) until the next ``act``.
+
+        The safe hold: the bridge server commands it whenever its client disconnects, misses the keepalive
+        deadline or closes, so a robot never keeps executing a dead client's last command.
+        """
         ...
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ the runtime, the safety layer, the wire format and the bridge never import it; o
 from __future__ import annotations
 
 import numpy as np
+import pybullet
 
 import fleet
 from deploy.robot import Step
@@ -57,6 +58,26 @@ class SimRobot:
         self._obs = obs
         return Step(obs.copy(), float(reward), bool(terminated or truncated),
                     {**info, "terminated": bool(terminated), "truncated": bool(truncated)})
+
+    def hold(self) -> None:
+        """Keep the current joint positions: position targets where the joints are, zero target velocity.
+
+        The simulator only advances inside ``act``, so the hold shows the next time physics is stepped
+        (without it the motors would go on tracking the last command's targets). A plugin env without the
+        built-in pybullet joints has no motor state between steps: nothing to hold.
+        """
+        env = self._env.unwrapped
+        if not all(hasattr(env, name) for name in ("_motor", "_joint_states", "_body", "_joints")):
+            return
+        positions = [state[0] for state in env._joint_states(env._body, env._joints)]
+        motor = {"targetPositions": positions, "targetVelocities": [0.0] * len(positions)}
+        if getattr(env, "_forces", None) is not None:
+            motor["forces"] = list(env._forces)
+        env._motor(env._body, env._joints, pybullet.POSITION_CONTROL, **motor)
+
+    def stop(self) -> None:
+        """Halt motion: in the simulator, the same as :meth:`hold` (nothing moves between steps but motors)."""
+        self.hold()
 
     def frame(self) -> np.ndarray | None:
         """The current RGB frame ``(H, W, 3)`` uint8 when built with ``render=True``, else None."""

@@ -1,6 +1,5 @@
 """The TCP robot bridge over real sockets on 127.0.0.1: same episodes as in-process, hostile input refused."""
 
-import json
 import math
 import socket
 import struct
@@ -14,47 +13,14 @@ from hypothesis import strategies as st
 from deploy.bridge_client import RemoteRobot
 from deploy.bridge_server import RobotServer
 from deploy.connect import connect_robot
-from deploy.robot import Step
 from deploy.runtime import RobotRuntime
 from deploy.sim_robot import SimRobot
-from deploy.wire import MAX_FRAME, RobotAuthError, RobotCommandError, recv_frame
+from deploy.wire import MAX_FRAME, PROTOCOL_VERSION, RobotAuthError, RobotCommandError, new_nonce, recv_frame
 from tests.fakes import make_policy_dir
+from tests.security.bridge_raw import PointRobot, RawSession, closed_by_server, raw_connect, send_json
 
 TOKEN = "test-token-123"
 GOAL = {"goal": [0.65, -0.1, 0.38]}
-
-
-class PointRobot:
-    """A tiny numpy robot that records every call and every action it is given that breaks its contract."""
-
-    def __init__(self, nan_at: int | None = None):
-        self.observation_shape = (2,)
-        self.action_low, self.action_high = -np.ones(2, np.float32), np.ones(2, np.float32)
-        self.pos, self.t, self.nan_at = np.zeros(2, np.float32), 0, nan_at
-        self.calls = {"reset": 0, "observe": 0, "act": 0}
-        self.invalid_actions: list = []
-
-    def reset(self, task=None, seed=None):
-        self.calls["reset"] += 1
-        self.pos, self.t = np.zeros(2, np.float32), 0
-        return self.pos.copy()
-
-    def observe(self):
-        self.calls["observe"] += 1
-        return self.pos.copy()
-
-    def act(self, action):
-        self.calls["act"] += 1
-        a = np.asarray(action)
-        if a.shape != (2,) or not np.isfinite(a).all() or (np.abs(a) > 1).any():
-            self.invalid_actions.append(action)
-        self.pos = self.pos + 0.1 * np.nan_to_num(a.astype(np.float32))
-        self.t += 1
-        obs = np.full(2, np.nan, np.float32) if self.t == self.nan_at else self.pos.copy()
-        return Step(obs, float(-np.linalg.norm(self.pos)), self.t >= 5, {"success": False, "arr": np.ones(2)})
-
-    def close(self):
-        pass
 
 
 @pytest.fixture
@@ -64,39 +30,14 @@ def point():
 
 @pytest.fixture
 def server(point):
-    srv = RobotServer(point, TOKEN, busy_wait=2.0).start()
+    srv = RobotServer(point, TOKEN, busy_wait=2.0, max_command_rate=None).start()  # unpaced: fast fuzzing
     yield srv
     srv.stop()
 
 
-def raw_connect(srv) -> socket.socket:
-    sock = socket.create_connection(srv.address, timeout=5.0)
-    return sock
-
-
-def send_json(sock, message) -> None:
-    payload = json.dumps(message).encode()
-    sock.sendall(struct.pack(">I", len(payload)) + payload)
-
-
-def closed_by_server(sock) -> bool:
-    """True when the server closed this connection (EOF or reset) within the socket timeout."""
-    sock.settimeout(5.0)
-    try:
-        while True:
-            if not sock.recv(65536):
-                return True
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        return False
-
-
-def hello(srv) -> socket.socket:
-    sock = raw_connect(srv)
-    send_json(sock, {"v": 1, "op": "hello", "token": TOKEN})
-    assert recv_frame(sock)["ok"] is True
-    return sock
+def hello(srv) -> RawSession:
+    """An authenticated session driven by hand (sealed frames)."""
+    return RawSession(srv, key=TOKEN)
 
 
 def test_episode_over_tcp_equals_the_direct_episode(tmp_path):
@@ -123,18 +64,20 @@ def test_episode_over_tcp_equals_the_direct_episode(tmp_path):
 def test_wrong_token_is_rejected_and_the_robot_untouched(server, point):
     with pytest.raises(RobotAuthError, match="authentication failed"):
         RemoteRobot(*server.address, token="wrong")
-    for token in ("", None, 123, TOKEN + "x"):
+    for proof in ("", None, 123, "ab" * 32, ["x"]):  # the hello is fine; no proof of the key is
         sock = raw_connect(server)
-        send_json(sock, {"v": 1, "op": "hello", "token": token})
+        send_json(sock, {"v": PROTOCOL_VERSION, "op": "hello", "nonce": new_nonce()})
+        assert recv_frame(sock)["op"] == "challenge"
+        send_json(sock, {"op": "auth", "proof": proof})
         assert recv_frame(sock) == {"ok": False, "error": "authentication failed"}
         assert closed_by_server(sock)
-    assert point.calls == {"reset": 0, "observe": 0, "act": 0}
-    assert server.stats["rejected_auth"] == 5
+    assert point.untouched
+    assert server.stats["rejected_auth"] == 6
 
 
 def test_wrong_version_is_refused_with_a_reason(server):
     sock = raw_connect(server)
-    send_json(sock, {"v": 2, "op": "hello", "token": TOKEN})
+    send_json(sock, {"v": 1, "op": "hello", "token": TOKEN})  # a protocol-1 client
     reply = recv_frame(sock)
     assert reply["ok"] is False and "version" in reply["error"]
     assert closed_by_server(sock)
@@ -145,7 +88,7 @@ def test_commands_before_hello_close_the_connection(server, point, first):
     sock = raw_connect(server)
     send_json(sock, first)
     assert closed_by_server(sock)
-    assert point.calls == {"reset": 0, "observe": 0, "act": 0}
+    assert point.untouched
 
 
 def test_oversized_length_closes_and_the_server_keeps_serving(server, point):
@@ -153,8 +96,8 @@ def test_oversized_length_closes_and_the_server_keeps_serving(server, point):
     sock.sendall(struct.pack(">I", MAX_FRAME + 1) + b"{}")
     assert closed_by_server(sock)
     authed = hello(server)  # the oversized frame arriving after the hello closes too
-    authed.sendall(struct.pack(">I", 2**32 - 1))
-    assert closed_by_server(authed)
+    authed.sock.sendall(struct.pack(">I", 2**32 - 1))
+    assert "MAX_FRAME" in authed.error_then_closed()
     robot = RemoteRobot(*server.address, token=TOKEN)
     np.testing.assert_array_equal(robot.reset(seed=1), np.zeros(2))
     robot.close()
@@ -165,11 +108,8 @@ def test_oversized_length_closes_and_the_server_keeps_serving(server, point):
     ("request_bytes", "fragment"),
     [
         (b'{"op": "act", "action": [0.1]}', "list of 2 numbers"),
-        (b'{"op": "act", "action": [0.1, NaN]}', "finite"),
-        (b'{"op": "act", "action": [0.1, Infinity]}', "finite"),
         (b'{"op": "act", "action": [0.1, "0.2"]}', "finite"),
         (b'{"op": "act", "action": [true, 0.2]}', "finite"),
-        (b'{"op": "act", "action": [1e999, 0.2]}', "finite"),
         (b'{"op": "act", "action": [100000000000000000000000000000000000000000000000000000000000000000000'
          + b'000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000'
          + b'000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000'
@@ -183,18 +123,26 @@ def test_oversized_length_closes_and_the_server_keeps_serving(server, point):
         (b'{"op": "reset", "task": [1, 2]}', "task"),
         (b'{"op": "fly"}', "unknown op"),
         (b'{"op": null}', "unknown op"),
-        (b'{"v": 2, "op": "observe"}', "version"),
-        (b'{"op": "hello", "v": 1, "token": "x"}', "unknown op"),
+        (b'{"v": 1, "op": "observe"}', "version"),
+        (b'{"v": true, "op": "observe"}', "version"),
+        (b'{"op": "hello", "nonce": "x"}', "unknown op"),
+        (b'{"op": "keepalive", "v": 2}', "keepalive takes no other field"),
     ],
 )
 def test_invalid_requests_are_answered_with_errors_and_never_reach_the_robot(server, point, request_bytes, fragment):
-    sock = hello(server)
-    sock.sendall(struct.pack(">I", len(request_bytes)) + request_bytes)
-    reply = recv_frame(sock)
+    session = hello(server)
+    reply = session.request(request_bytes)
     assert reply["ok"] is False and fragment in reply["error"]
-    send_json(sock, {"op": "observe"})  # the connection stays usable
-    assert recv_frame(sock) == {"ok": True, "observation": [0.0, 0.0]}
+    assert session.request({"op": "observe"}) == {"ok": True, "observation": [0.0, 0.0]}  # the session stays
     assert point.calls["act"] == 0 and point.calls["reset"] == 0
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
+def test_non_finite_numbers_are_malformed_frames_that_end_the_session(server, point, number):
+    session = hello(server)
+    session.send(b'{"op": "act", "action": [0.1, ' + number + b"]}")
+    assert session.error_then_closed().startswith("malformed frame")
+    assert point.calls["act"] == 0 and point.calls["hold"] == 1
 
 
 def test_out_of_bounds_actions_are_clipped_before_the_robot(server, point):
@@ -203,7 +151,8 @@ def test_out_of_bounds_actions_are_clipped_before_the_robot(server, point):
     step = robot.act(np.array([1.5, -0.2], np.float32))
     robot.close()
     assert step.info["clipped_by_server"] == 1 and point.invalid_actions == []
-    np.testing.assert_allclose(step.observation, [0.1, -0.02], rtol=1e-6)
+    assert step.info["rate_limited_by_server"] == 1  # and from a hold, at most 0.5 per step (the runtime's)
+    np.testing.assert_allclose(step.observation, [0.05, -0.02], rtol=1e-6)
 
 
 def test_robot_errors_are_reported_not_fatal(tmp_path):
@@ -247,20 +196,20 @@ def test_one_client_at_a_time(point):
 
 
 def test_idle_clients_are_dropped(point):
-    srv = RobotServer(point, TOKEN, idle_timeout=0.3, hello_timeout=0.3).start()
+    srv = RobotServer(point, TOKEN, keepalive_timeout=0.3, hello_timeout=0.3).start()
     try:
         silent = raw_connect(srv)
-        idle = hello(srv)
+        idle = hello(srv)  # authenticated, then no keepalive
         time.sleep(0.6)
-        assert closed_by_server(silent) and closed_by_server(idle)
-        assert srv.stats["timeouts"] == 2
+        assert closed_by_server(silent) and "keepalive" in idle.error_then_closed()
+        assert srv.stats["timeouts"] == 2 and point.calls["hold"] == 1
         RemoteRobot(*srv.address, token=TOKEN).close()
     finally:
         srv.stop()
 
 
 def test_token_is_required(point):
-    with pytest.raises(ValueError, match="token"):
+    with pytest.raises(ValueError, match="shared key"):
         RobotServer(point, "")
     with pytest.raises(ValueError, match="METAFLEET_ROBOT_TOKEN"):
         connect_robot("tcp://127.0.0.1:9", token="")
@@ -274,7 +223,7 @@ json_values = st.recursive(
     max_leaves=12,
 )
 requests = st.fixed_dictionaries(
-    {"op": st.sampled_from(["reset", "observe", "act", "close", "hello", "fly"]) | json_values},
+    {"op": st.sampled_from(["reset", "observe", "act", "close", "hello", "fly", "hold", "stop"]) | json_values},
     optional={"v": st.sampled_from([1, 2]) | json_values, "task": json_values, "seed": json_values,
               "action": st.lists(st.floats() | st.integers(-3, 3) | json_values, max_size=4) | json_values,
               "token": json_values, "junk": json_values},
@@ -302,7 +251,7 @@ def test_fuzz_random_bytes_before_hello(server, point):
             pass
         assert closed_by_server(sock)
         sock.close()
-        assert point.calls["act"] == 0
+        assert point.untouched
 
     check()
     assert_still_serves(server, point)
@@ -311,17 +260,17 @@ def test_fuzz_random_bytes_before_hello(server, point):
 def test_fuzz_frames_after_hello(server, point):
     @FUZZ
     @given(st.binary(max_size=48), st.integers(0, 64), st.booleans())
-    def check(payload, declared_extra, truncate):
-        sock = hello(server)
-        length = len(payload) + (declared_extra if truncate else 0)
+    def check(payload, cut, sealed):
+        session = hello(server)
+        frame = session.frame(payload) if sealed else struct.pack(">I", len(payload)) + payload
         try:
-            sock.sendall(struct.pack(">I", length) + payload)
-            sock.shutdown(socket.SHUT_WR)
-            while (reply := recv_frame(sock)) is not None:  # a payload that happens to be a JSON object
+            session.sock.sendall(frame[: max(len(frame) - cut, 0)])
+            session.sock.shutdown(socket.SHUT_WR)
+            while (reply := session.recv()) is not None:  # a sealed payload that is a request
                 assert isinstance(reply["ok"], bool)
         except OSError:  # ConnectionError, the ProtocolError of a closed frame, ENOTCONN
             pass
-        sock.close()
+        session.sock.close()
 
     check()
     assert point.invalid_actions == []
@@ -332,18 +281,20 @@ def test_fuzz_json_requests_after_hello(server, point):
     @FUZZ
     @given(st.lists(requests, min_size=1, max_size=6))
     def check(messages):
-        sock = hello(server)
+        session = hello(server)
         for message in messages:
-            send_json(sock, message)
-            reply = recv_frame(sock)
+            reply = session.request(message)  # encoded laxly: NaN crosses as a malformed frame
             assert isinstance(reply, dict) and isinstance(reply.get("ok"), bool)
             if not reply["ok"]:
                 assert isinstance(reply["error"], str) and reply["error"]
+                if reply["error"].startswith("malformed frame"):
+                    assert closed_by_server(session.sock)
+                    break
             elif message.get("op") == "close":
                 break
             if "observation" in reply:
                 assert all(v is None or math.isfinite(v) for v in reply["observation"])
-        sock.close()
+        session.sock.close()
         assert point.invalid_actions == []
 
     check()

@@ -45,6 +45,7 @@ class MetaLearner(Learner):
 
     algorithm: str = "base"
     trial_episodes: int = 1  # episodes that share a recurrent state (RL^2 trials); 1 = independent episodes
+    robot_params: tuple[str, ...] = ()  # privileged robot parameters its requests carry as context (Collect)
 
     def __init__(self, spec: PolicySpec, config: LearnerConfig, train_tasks: Sequence[Task] = ()):
         self.config = config
@@ -68,10 +69,10 @@ class MetaLearner(Learner):
         tasks, version = tuple(tasks), f"it{iteration}"
         contexts = tuple(self.context_for(t) for t in tasks)
         support = yield Collect("support", tasks, tuple(self.weights_for(tasks, version)), episodes, "support",
-                                contexts, self.trial_episodes, label="pre")
+                                contexts, self.trial_episodes, label="pre", robot_params=self.robot_params)
         adapted = self.adapt_for_training(support, version)
         query = yield Collect("query", tasks, tuple(adapted), episodes, "query", contexts, self.trial_episodes,
-                              label="post")
+                              label="post", robot_params=self.robot_params)
         self.collected = (list(support), list(query))
 
     def update(self) -> dict[str, float]:
@@ -88,7 +89,8 @@ class MetaLearner(Learner):
         contexts = tuple(self.context_for(t) for t in tasks)
         weights, params = self.weights_for(tasks, f"{version}/theta"), None
         for k in range(rounds):
-            batches = yield Collect("eval", tasks, tuple(weights), episodes, "eval", contexts, measures=(k,))
+            batches = yield Collect("eval", tasks, tuple(weights), episodes, "eval", contexts, measures=(k,),
+                                    robot_params=self.robot_params)
             if k < rounds - 1:
                 params, weights = self.adapt(batches, f"{version}/step{k + 1}", params=params)
 

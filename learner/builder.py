@@ -37,6 +37,7 @@ LEARNERS: dict[str, str] = {
     "rl2": "learner.rl2:RL2",
     "pearl": "learner.pearl:PEARL",
     "belief": "learner.belief:BeliefLearner",
+    "rma": "learner.rma:RMALearner",
     "mtppo": "learner.mtppo:MultiTaskPPO",
     "single_task": "learner.single_task:SingleTaskPPO",
 }

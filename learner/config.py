@@ -94,14 +94,36 @@ class WorkersConfig(_Strict):
     num_workers: int = Field(2, ge=1, le=1024, description="rollout workers (1 CPU each under Ray)")
 
 
-ALGORITHMS = ("maml", "reptile", "metasgd", "rl2", "pearl", "belief", "mtppo", "single_task")
+ALGORITHMS = ("maml", "reptile", "metasgd", "rl2", "pearl", "belief", "rma", "mtppo", "single_task")
 MULTI_TASK = ("mtppo", "single_task")
 
 
+class RMAConfig(_Strict):
+    """Rapid Motor Adaptation (learner/rma.py): phase 1 trains the base policy on [obs, mu(e)] with e the robot's
+    privileged parameters (`learner.robot_params`); from iteration `adapt_from` on, phase 2 trains the adaptation
+    module psi(last `history` (obs, action) steps, obs) to regress mu(e), acting with its own estimate."""
+
+    latent: int = Field(8, ge=1, le=64, description="size of the extrinsics latent z")
+    conditioning: Literal["film", "concat", "additive"] = Field(
+        "film", description="how z enters the base policy: film (per-layer scale and shift: a motor's polarity or "
+        "gain acts multiplicatively on the action, which concat learns several times slower) or concat (RMA's own)")
+    history: int = Field(10, ge=1, le=200, description="(obs, action) steps the adaptation module reads")
+    adapt_from: int = Field(1, ge=1, description="first iteration of phase 2 (adaptation module); earlier "
+                            "iterations train the base policy and the extrinsics encoder")
+    adapt_steps: int = Field(300, ge=1, description="adaptation-module regression steps per phase-2 iteration")
+    adapt_batch: int = Field(1024, ge=1, description="history windows per regression step")
+    adapt_lr: float = Field(1e-3, gt=0, description="Adam step size of the adaptation module")
+    adapt_buffer: int = Field(100_000, ge=1, description="phase-2 steps whose windows the regression draws from "
+                              "(the newest; DAgger-style aggregation of psi's own on-policy data)")
+    adapt_sizes: tuple[int, ...] = Field((256, 128), min_length=1, description="adaptation module hidden sizes "
+                                         "(ReLU MLP over the flattened history)")
+    encoder_sizes: tuple[int, ...] = Field((64,), min_length=1, description="extrinsics encoder hidden sizes")
+
+
 class LearnerConfig(_Strict):
-    algorithm: Literal["maml", "reptile", "metasgd", "rl2", "pearl", "belief", "mtppo", "single_task"] = Field(
-        "maml", description="maml | reptile | metasgd | rl2 | pearl | belief (meta-learners); mtppo | single_task "
-        "(multi-task baselines: one shared policy / one independent network per training task)")
+    algorithm: Literal["maml", "reptile", "metasgd", "rl2", "pearl", "belief", "rma", "mtppo", "single_task"] = Field(
+        "maml", description="maml | reptile | metasgd | rl2 | pearl | belief | rma (meta-learners); mtppo | "
+        "single_task (multi-task baselines: one shared policy / one independent network per training task)")
     first_order: bool = Field(False, description="MAML/Meta-SGD: drop second-order terms (FO-MAML)")
     inner_lr: float = Field(0.1, gt=0, description="adaptation step size alpha")
     inner_steps: int = Field(1, ge=1, le=10, description="inner gradient steps during meta-training")
@@ -128,9 +150,14 @@ class LearnerConfig(_Strict):
         "none", description="mtppo: how the task enters the policy: none (task-agnostic), concat (appended to the "
         "observation), additive (a learned embedding added to the first hidden layer), multihead (one output "
         "head per training task), film (multiplicative: per-layer scale and shift from the task)")
-    task_encoding: Literal["onehot", "params"] = Field(
+    task_encoding: Literal["onehot", "params", "robot"] = Field(
         "onehot", description="the task vector: onehot (training-task id; a held-out task gets the uniform "
-        "vector) or params (the task's numeric parameters, flattened)")
+        "vector), params (the task's numeric parameters, flattened) or robot (the robot's privileged parameters "
+        "`robot_params`: the robot-oracle yardstick)")
+    robot_params: tuple[str, ...] = Field(
+        (), description="privileged robot parameters the learner is told in training (rma, task_encoding robot): "
+        "names from fleet.robots.ROBOT_PARAMS, e.g. [joint_gains]")
+    rma: RMAConfig = Field(default_factory=RMAConfig, description="rma: its own settings")
     normalization: Literal["per_task", "global"] = Field(
         "per_task", description="advantage normalisation per task (tasks on one scale) or over the whole batch")
     task_weights: dict[str, float] = Field(
@@ -181,8 +208,24 @@ class LearnerConfig(_Strict):
     belief_jitter: float = Field(0.2, ge=0, description="belief: particle jitter on resampling, a fraction of "
                                  "the belief's spread")
 
+    @field_validator("robot_params")
+    @classmethod
+    def _known_robot_params(cls, keys: tuple[str, ...]) -> tuple[str, ...]:
+        from fleet.robots import check_robot_params
+
+        if keys:
+            check_robot_params(keys)
+        return keys
+
     @model_validator(mode="after")
     def _consistent(self) -> LearnerConfig:
+        needs_robot = self.algorithm == "rma" or self.task_encoding == "robot"
+        if needs_robot and not self.robot_params:
+            raise ValueError(f"learner.robot_params is empty, but {'rma' if self.algorithm == 'rma' else 'task_encoding robot'} "
+                             "is told the robot's privileged parameters in training: name them, e.g. [joint_gains]")
+        if self.task_encoding == "robot" and self.algorithm == "mtppo" and self.conditioning == "none":
+            raise ValueError("task_encoding 'robot' needs a conditioning (e.g. concat): a task-agnostic policy reads "
+                             "no robot vector")
         if self.conditioning != "none" and self.algorithm != "mtppo":
             raise ValueError(f"conditioning {self.conditioning!r} applies to algorithm 'mtppo' only "
                              f"(got algorithm {self.algorithm!r}); meta-learners infer the task from reward")
@@ -215,6 +258,9 @@ class TrainConfig(_Strict):
     keep_checkpoints: int = Field(3, ge=1, description="newest checkpoints kept on disk")
     overlap: bool = Field(False, description="collect the next iteration's first phase while the learner updates "
                           "(acting one policy version behind; not across a checkpoint, evaluation or stop)")
+    robot_agnostic: bool = Field(False, description="also train the robot-agnostic yardstick at the end (MT-PPO "
+                                 "over the same training fleet, no robot or task parameters: domain randomisation; "
+                                 "same env steps) and evaluate it on the held-out robots")
     oracle: bool = Field(False, description="also train the oracle yardstick (MT-PPO given the true task params, "
                          "same env steps) at the end when the learner has none of its own (belief has): about "
                          "doubles the run's time")
@@ -248,6 +294,14 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
+        rma = self.learner.rma
+        if self.learner.algorithm == "rma":
+            if rma.history >= self.fleet.horizon:
+                raise ValueError(f"learner.rma.history ({rma.history}) must be shorter than fleet.horizon "
+                                 f"({self.fleet.horizon}): the adaptation module reads that many past steps")
+            if rma.adapt_from >= self.train.iterations:
+                raise ValueError(f"learner.rma.adapt_from ({rma.adapt_from}) must be below train.iterations "
+                                 f"({self.train.iterations}): phase 2 (the adaptation module) needs iterations")
         n = self.learner.trial_episodes
         if self.learner.algorithm == "rl2":
             for key in ("episodes_per_task", "eval_episodes"):

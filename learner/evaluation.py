@@ -27,6 +27,7 @@ from workers.pool import WorkerPool
 
 FROM_SCRATCH = "from-scratch"
 ORACLE = "oracle"  # the yardstick given the true task parameters (Learner.oracle)
+ROBOT_AGNOSTIC = "robot-agnostic"  # MT-PPO told nothing over the same fleet: domain randomisation
 
 
 def flatten(prefix: str, nested: dict) -> dict[str, float]:

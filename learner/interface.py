@@ -43,6 +43,9 @@ class Collect:
     rounds this phase's episodes measure: `(k,)` for a whole phase, or `(0, 1, ..., n-1)` for trials of
     n episodes whose episode j measures round j. Empty in training. `label`: the prefix of the phase's
     return/success metrics in training (`pre` -> pre_return, pre_success); default the phase name.
+    `robot_params`: privileged robot parameters (fleet.robots.ROBOT_PARAMS names): when given, each request's
+    context is its robot's vector of them (`fleet.robots.robot_vector`) instead of `contexts` - the robot is
+    paired with the task where the requests are built (learner/sampling.py), so the learner names the parameters.
     """
 
     phase: str
@@ -55,6 +58,7 @@ class Collect:
     deterministic: bool = False
     measures: tuple[int, ...] = ()
     label: str = ""
+    robot_params: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.weights) != len(self.tasks):

@@ -16,6 +16,7 @@ import torch
 from fleet.tasks import Task
 from learner.adaptation import Params, TaskData, batched, log_prob
 from learner.base import MetaLearner
+from fleet.robots import robot_param_dim
 from learner.conditioning import TaskEncoder, conditioned_spec
 from learner.config import LearnerConfig
 from learner.losses import masked_mean, ppo_clip_loss
@@ -46,24 +47,42 @@ class MultiTaskPPO(MetaLearner):
         if config.conditioning == "multihead" and config.task_encoding != "onehot":
             raise ValueError("conditioning 'multihead' has one head per training task and mixes them by a one-hot "
                              f"task vector: it needs task_encoding 'onehot', got {config.task_encoding!r}")
+        # task_encoding "robot": the context is each request's robot vector (Collect.robot_params), not a task's
+        self.robot_params: tuple[str, ...] = tuple(config.robot_params) if config.task_encoding == "robot" else ()
+        if self.robot_params:
+            spec = self._robot_conditioned(spec, config)
+        else:
+            spec = self._task_conditioned(spec, config, train_tasks)
+        super().__init__(spec, config, train_tasks)
+
+    def _robot_conditioned(self, spec: PolicySpec, config: LearnerConfig) -> PolicySpec:
+        dim = robot_param_dim(self.robot_params)
+        if spec.conditioning == "none":
+            return conditioned_spec(spec, config.conditioning, dim)
+        if spec.conditioning != config.conditioning or spec.context_dim != dim:
+            raise ValueError(f"the policy spec ({spec.conditioning!r}, context {spec.context_dim}) does not take the "
+                             f"robot vector of {list(self.robot_params)} ({config.conditioning!r}, length {dim})")
+        return spec
+
+    def _task_conditioned(self, spec: PolicySpec, config: LearnerConfig, train_tasks: Sequence[Task]) -> PolicySpec:
         if config.conditioning != "none" and train_tasks:
             self.encoder = TaskEncoder(config.task_encoding, train_tasks)
         if spec.conditioning == "none" and config.conditioning != "none":
             if self.encoder is None:
                 raise ValueError(f"conditioning {config.conditioning!r} needs the training tasks (train_tasks) to "
                                  "size the task vector")
-            spec = conditioned_spec(spec, config.conditioning, self.encoder.dim)
-        elif spec.conditioning != config.conditioning:
+            return conditioned_spec(spec, config.conditioning, self.encoder.dim)
+        if spec.conditioning != config.conditioning:
             raise ValueError(f"the policy spec is conditioned {spec.conditioning!r} but learner.conditioning is "
                              f"{config.conditioning!r}")
-        elif self.encoder is not None and self.encoder.dim != spec.context_dim:
+        if self.encoder is not None and self.encoder.dim != spec.context_dim:
             raise ValueError(f"the policy takes task vectors of length {spec.context_dim}, but the training tasks "
                              f"encode to length {self.encoder.dim}")
-        super().__init__(spec, config, train_tasks)
+        return spec
 
     def context_for(self, task: Task) -> tuple[float, ...]:
-        """The task vector for `task` (empty when the policy is task-agnostic)."""
-        if self.policy.spec.conditioning == "none":
+        """The task vector for `task` (empty when the policy is task-agnostic or reads its robot's vector)."""
+        if self.policy.spec.conditioning == "none" or self.robot_params:
             return ()
         if self.encoder is None:
             raise ValueError("this learner was built without training tasks: it cannot encode tasks")

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from fleet.robots import RobotSpec
+from fleet.robots import RobotSpec, robot_vector
 from learner.interface import Collect, Plan
 from workers.batch import Batch, SampleRequest
 from workers.pool import Pending, WorkerPool
@@ -23,13 +23,21 @@ Phase = tuple[Collect, list[Batch]]
 
 def requests_for(collect: Collect, robots: Sequence[RobotSpec], horizon: int,
                  seed_of: Callable[[int], int], deterministic: bool = False) -> list[SampleRequest]:
-    """One request per task of `collect`: task i on `robots[i]` with seed `seed_of(i)`."""
+    """One request per task of `collect`: task i on `robots[i]` with seed `seed_of(i)`; its context is the
+    robot's vector of `collect.robot_params` when the phase names any, else the phase's task vector."""
     if len(robots) != len(collect.tasks):
         raise ValueError(f"Collect {collect.phase!r}: {len(robots)} robots for {len(collect.tasks)} tasks")
     return [SampleRequest(task, robots[i], collect.weights[i].version, collect.episodes, horizon, seed_of(i),
                           collect.phase, deterministic=collect.deterministic or deterministic,
-                          context=collect.context(i), trial_episodes=collect.trial_episodes)
+                          context=context_of(collect, i, robots[i]), trial_episodes=collect.trial_episodes)
             for i, task in enumerate(collect.tasks)]
+
+
+def context_of(collect: Collect, i: int, robot: RobotSpec) -> tuple[float, ...]:
+    """What task i of `collect` is told: its robot's privileged vector, or the phase's task vector."""
+    if collect.robot_params:
+        return robot_vector(robot, collect.robot_params)
+    return collect.context(i)
 
 
 @dataclass

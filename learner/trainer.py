@@ -24,10 +24,11 @@ import numpy as np
 import torch
 
 from learner.builder import baseline_models, build, fleet_of, place_learner, task_distribution
-from learner.checkpoint import load_newest, rng_state, save_checkpoint, set_rng_state
+from learner.checkpoint import LoadedCheckpoint, rng_state, save_checkpoint, set_rng_state
 from learner.config import Config
 from learner.evaluation import (
     ORACLE,
+    ROBOT_AGNOSTIC,
     EvalProtocol,
     EvalResult,
     baseline_metrics,
@@ -43,7 +44,7 @@ from learner.progress import Progress
 from learner.sampling import Opened, Phase, drive, open_plan, requests_for
 from learner.seeds import evaluation_seed, request_seed
 from learner.stopping import StopOnSignal, Stopped
-from learner.tracking import Tracker
+from learner.tracking import Tracker, find_checkpoint, resolve_tracking_uri
 from policy import PolicySpec
 from workers.batch import SampleRequest
 from workers.pool import WorkerPool
@@ -228,6 +229,10 @@ class Trainer:
             oracle = train_oracle(self, self.env_steps)
         if oracle is not None and ORACLE not in models:
             models[ORACLE] = oracle
+        if self.cfg.train.robot_agnostic and ROBOT_AGNOSTIC not in models:
+            from learner.yardsticks import train_robot_agnostic
+
+            models[ROBOT_AGNOSTIC] = train_robot_agnostic(self, self.env_steps)
         return evaluate_baselines(models, self.pool, replace(self.protocol, version=f"eval{self.iteration}"))
 
     # ---- state -----------------------------------------------------------------------------
@@ -256,17 +261,15 @@ class Trainer:
         self.tracker.log_artifact(path, "checkpoints")
         return path
 
-    def restore(self) -> bool:
-        """Load the newest readable checkpoint (local, else the run's MLflow copy), and say which on stderr."""
-        found = load_newest(self.checkpoint_dir)
-        if found is None:
-            remote = self.tracker.download("checkpoints")
-            found = load_newest(remote) if remote else None
+    def restore(self, found: LoadedCheckpoint | None) -> bool:
+        """Load ``found``, the newest verified checkpoint (`learner.tracking.find_checkpoint`: local, else the
+        run's MLflow copy), and say which on stderr."""
         if found is None:
             return False
         self.load_state_dict(found.state)
         self.saved_iteration = self.iteration
         skipped = "".join(f" (skipped unreadable {path}: {why})" for path, why in found.skipped)
+        skipped += "".join(f" (skipped unverified {path}: no sha256 recorded)" for path in found.unverified)
         message = f"resumed from {found.path} at iteration {self.iteration}{skipped}"
         log.info(message)
         print(f"metafleet: {message}", file=sys.stderr, flush=True)  # the CLI user must see a fallback
@@ -364,10 +367,14 @@ def train(cfg: Config, resume_run_id: str | None = None, pool: WorkerPool | None
           progress: Progress | None = None) -> TrainResult:
     """Run (or resume) one training job; the MLflow run stays open (`result.tracker`) so the
     caller can register the policy into it, then close it."""
+    found = None  # a resume's checkpoint, verified against the run's digests before anything starts or changes
+    if resume_run_id is not None:
+        found = find_checkpoint(resolve_tracking_uri(cfg.tracking.tracking_uri), resume_run_id,
+                                Path(cfg.tracking.checkpoint_dir) / resume_run_id)
     # Signal handlers go in after the pool (and Ray) start, so ours replace Ray's (a SIGTERM stack dump).
     with build(cfg, resume_run_id, pool) as run, StopOnSignal() as stop:
         trainer = Trainer(cfg, run.pool, run.tracker, run.spec, run.spaces, learner=run.learner)
-        if resume_run_id is not None and not trainer.restore():
+        if resume_run_id is not None and not trainer.restore(found):
             log.warning("run %s has no checkpoint yet; starting from iteration 0", resume_run_id)
             run.tracker.mark_resumed(0)  # what the killed job logged stays; re-done steps are not logged twice
         result = trainer.run(progress, stop)

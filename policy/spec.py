@@ -24,11 +24,14 @@ class PolicySpec:
     act_dim: int
     hidden_sizes: tuple[int, ...] = (64, 64)
     activation: str = "tanh"
-    kind: str = "mlp"  # "mlp" (feed-forward), "gru" (RL^2), "sac" (PEARL) or "belief" (task inference)
+    kind: str = "mlp"  # "mlp" (feed-forward), "gru" (RL^2), "sac" (PEARL), "belief" (task inference), "rma"
     conditioning: str = "none"  # how a task context enters an mlp: see CONDITIONING
     context_dim: int = 0  # length of the task context vector (0 = no context)
     num_heads: int = 1  # output heads (conditioning="multihead": one per training task)
-    model_sizes: tuple[int, ...] = ()  # kind "belief": hidden sizes of the task model (policy.belief)
+    model_sizes: tuple[int, ...] = ()  # kind "belief": task model hidden sizes; "rma": adaptation module's
+    privileged_dim: int = 0  # kind "rma": length of the privileged robot vector e the extrinsics encoder reads
+    history: int = 0  # kind "rma": (obs, action) steps the adaptation module reads
+    encoder_sizes: tuple[int, ...] = ()  # kind "rma": hidden sizes of the extrinsics encoder mu(e)
 
     def __post_init__(self) -> None:
         if self.obs_dim <= 0 or self.act_dim <= 0:
@@ -45,6 +48,8 @@ class PolicySpec:
         if self.kind == "belief" and (self.conditioning != "concat" or not self.model_sizes):
             raise ValueError(f"a 'belief' policy acts on [obs, z] and infers z with a task model: it needs "
                              f"conditioning='concat' and model_sizes, got {self.conditioning!r}, {self.model_sizes}")
+        if self.kind == "rma":
+            check_rma(self)
         if self.kind == "sac" and self.conditioning != "concat":
             raise ValueError(f"a 'sac' (PEARL) policy takes its latent z concatenated to the observation: it needs "
                              f"conditioning='concat' and context_dim = latent size, got {self.conditioning!r}")
@@ -65,6 +70,8 @@ class PolicySpec:
             "context_dim": self.context_dim,
             "num_heads": self.num_heads,
             **({"model_sizes": list(self.model_sizes)} if self.model_sizes else {}),
+            **({"privileged_dim": self.privileged_dim, "history": self.history,
+                "encoder_sizes": list(self.encoder_sizes)} if self.kind == "rma" else {}),
         }
 
     @classmethod
@@ -80,6 +87,9 @@ class PolicySpec:
             context_dim=int(data.get("context_dim", 0)),
             num_heads=int(data.get("num_heads", 1)),
             model_sizes=tuple(int(h) for h in data.get("model_sizes", ())),
+            privileged_dim=int(data.get("privileged_dim", 0)),
+            history=int(data.get("history", 0)),
+            encoder_sizes=tuple(int(h) for h in data.get("encoder_sizes", ())),
         )
 
     def weight_names(self) -> list[str]:
@@ -95,6 +105,8 @@ class PolicySpec:
             return sac_shapes(self)
         if self.kind == "belief":
             return belief_shapes(self)
+        if self.kind == "rma":
+            return rma_shapes(self)
         c, sizes = self.context_dim, [self.obs_dim, *self.hidden_sizes]
         shapes: dict[str, tuple[int, ...]] = {"obs_mean": (self.obs_dim,), "obs_std": (self.obs_dim,)}
         for i, (a, b) in enumerate(itertools.pairwise(sizes)):
@@ -114,7 +126,7 @@ class PolicySpec:
         return shapes
 
 
-KINDS = ("mlp", "gru", "sac", "belief")
+KINDS = ("mlp", "gru", "sac", "belief", "rma")
 CONDITIONING = ("none", "concat", "additive", "multihead", "film")
 ACTIVATIONS = {"tanh": np.tanh, "relu": lambda x: np.maximum(x, 0.0)}
 
@@ -201,3 +213,38 @@ def belief_shapes(spec: PolicySpec) -> dict[str, tuple[int, ...]]:
 def model_input_dim(spec: PolicySpec) -> int:
     """Width of one task-model input: observation, action, next observation, task vector."""
     return 2 * spec.obs_dim + spec.act_dim + spec.context_dim
+
+
+def check_rma(spec: PolicySpec) -> None:
+    """An "rma" spec: an actor conditioned on z (concat, film or additive), z from the extrinsics encoder mu(e) (privileged) or from the
+    adaptation module psi(last `history` (obs, action) steps, obs) on the robot; every size must be set."""
+    if spec.conditioning not in ("concat", "film", "additive") or spec.context_dim < 1:
+        raise ValueError(f"an 'rma' policy acts on obs and z: it needs conditioning 'concat', 'film' or 'additive' and "
+                         f"context_dim = the latent size, got {spec.conditioning!r}, {spec.context_dim}")
+    if spec.privileged_dim < 1 or spec.history < 1 or not spec.model_sizes or not spec.encoder_sizes:
+        raise ValueError(f"an 'rma' policy needs privileged_dim >= 1, history >= 1, model_sizes (adaptation module) "
+                         f"and encoder_sizes (extrinsics encoder), got {spec.privileged_dim}, {spec.history}, "
+                         f"{spec.model_sizes}, {spec.encoder_sizes}")
+
+
+def rma_shapes(spec: PolicySpec) -> dict[str, tuple[int, ...]]:
+    """Array name -> shape of an RMA policy (`spec.kind == "rma"`, policy.rma): the z-conditioned actor
+    (`policy.mlp` names, context = the latent z), the extrinsics encoder `extrinsics.*` (ReLU MLP e -> z), the adaptation module
+    `adaptation.*` (ReLU MLP [history, obs] -> z) and `rma.mode` (1: z from the adaptation module, 0: from e)."""
+    actor = dataclasses.replace(spec, kind="mlp", model_sizes=(), privileged_dim=0, history=0, encoder_sizes=())
+    shapes = dict(actor.weight_shapes())
+    z = spec.context_dim
+    for prefix, fan_in, sizes in (("extrinsics", spec.privileged_dim, spec.encoder_sizes),
+                                  ("adaptation", adaptation_input_dim(spec), spec.model_sizes)):
+        dims = [fan_in, *sizes]
+        for i, (n_in, n_out) in enumerate(itertools.pairwise(dims)):
+            shapes[f"{prefix}.hidden.{i}.weight"], shapes[f"{prefix}.hidden.{i}.bias"] = (n_out, n_in), (n_out,)
+        shapes[f"{prefix}.out.weight"], shapes[f"{prefix}.out.bias"] = (z, dims[-1]), (z,)
+    shapes["rma.mode"] = (1,)
+    return shapes
+
+
+def adaptation_input_dim(spec: PolicySpec) -> int:
+    """Width of the RMA adaptation module's input: `history` entries [normalised obs, action], then the current
+    normalised obs."""
+    return spec.history * (spec.obs_dim + spec.act_dim) + spec.obs_dim

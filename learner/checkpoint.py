@@ -1,17 +1,21 @@
 """Atomic checkpoints: temp file + fsync + rename, newest-first loading with fallback.
 
 A checkpoint is one torch file `ckpt-<iteration>.pt` holding tensors and plain data only, so
-`torch.load(weights_only=True)` reads it (no pickle of arbitrary objects).
+`torch.load(weights_only=True)` reads it (no pickle of arbitrary objects). Its sha256 is recorded in the
+MLflow run when it is logged (learner/tracking.py); a resume loads only bytes that match it (`load_newest`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import os
 import random
 import re
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,24 +76,61 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: p.name, reverse=True)
 
 
+class CheckpointIntegrityError(ValueError):
+    """A checkpoint that does not match the sha256 recorded when it was saved, or none that can be verified."""
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (what the run records for a checkpoint)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 @dataclass
 class LoadedCheckpoint:
-    """The newest readable checkpoint, and the newer ones that had to be skipped (path, reason)."""
+    """The newest readable checkpoint, the newer ones that had to be skipped (path, reason), and the newer ones
+    passed over because no sha256 was recorded for them (verified loads only)."""
 
     state: dict
     path: Path
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    unverified: list[Path] = field(default_factory=list)
 
 
-def load_newest(directory: str | Path) -> LoadedCheckpoint | None:
-    """The newest checkpoint that loads; unreadable ones are skipped with a warning and reported."""
+def load_newest(directory: str | Path, digests: Mapping[str, str] | None = None,
+                recorded_in: str = "the run") -> LoadedCheckpoint | None:
+    """The newest checkpoint that loads; unreadable ones are skipped with a warning and reported.
+
+    With ``digests`` (file name -> the sha256 ``recorded_in`` names, taken when it was saved) only bytes that
+    match are loaded: a checkpoint without a recorded digest is passed over (reported); one that no longer
+    matches raises :class:`CheckpointIntegrityError`, unless it does not load anyway (a torn file: skipped as
+    before); and when only unverified ones were left, :class:`CheckpointIntegrityError` too.
+    """
     skipped: list[tuple[Path, str]] = []
+    unverified: list[Path] = []
     for path in list_checkpoints(directory):
-        try:
-            return LoadedCheckpoint(torch.load(path, weights_only=True, map_location="cpu"), path, skipped)
+        try:  # weights_only parses tensors and plain data, never code; an unverified file's state is dropped below
+            blob = path.read_bytes()
+            state = torch.load(io.BytesIO(blob), weights_only=True, map_location="cpu")
         except Exception as exc:  # a truncated or corrupt file: fall back to the previous one
             log.warning("checkpoint %s is unreadable (%s); falling back to the previous one", path, exc)
             skipped.append((path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+            continue
+        if digests is None:
+            return LoadedCheckpoint(state, path, skipped, unverified)
+        expected, actual = digests.get(path.name), hashlib.sha256(blob).hexdigest()
+        if expected is None:  # e.g. killed before the digest reached MLflow: an older verified one may follow
+            unverified.append(path)
+            continue
+        if actual != expected:  # it loads, but it is not what was saved: an attack, not a crash
+            raise CheckpointIntegrityError(
+                f"checkpoint {path} (sha256 {actual}) does not match the sha256 recorded in {recorded_in} when it "
+                f"was saved ({expected}): it changed after it was saved; resume refused")
+        return LoadedCheckpoint(state, path, skipped, unverified)
+    if unverified:
+        raise CheckpointIntegrityError(
+            f"{recorded_in} records no sha256 for checkpoint(s) {', '.join(p.name for p in unverified)} (saved by "
+            "an older metafleet, or the digest never reached MLflow), so none of them can be verified; resume "
+            "refused. Start a new run instead: fleet train CONFIG")
     return None
 
 

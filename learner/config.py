@@ -221,8 +221,9 @@ class LearnerConfig(_Strict):
     def _consistent(self) -> LearnerConfig:
         needs_robot = self.algorithm == "rma" or self.task_encoding == "robot"
         if needs_robot and not self.robot_params:
-            raise ValueError(f"learner.robot_params is empty, but {'rma' if self.algorithm == 'rma' else 'task_encoding robot'} "
-                             "is told the robot's privileged parameters in training: name them, e.g. [joint_gains]")
+            who = "rma" if self.algorithm == "rma" else "task_encoding robot"
+            raise ValueError(f"learner.robot_params is empty, but {who} is told the robot's privileged parameters in "
+                             "training: name them, e.g. [joint_gains]")
         if self.task_encoding == "robot" and self.algorithm == "mtppo" and self.conditioning == "none":
             raise ValueError("task_encoding 'robot' needs a conditioning (e.g. concat): a task-agnostic policy reads "
                              "no robot vector")

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 
 import torch
 
+from fleet.robots import robot_param_dim
 from fleet.tasks import Task
 from learner.adaptation import Params, TaskData, batched, log_prob
 from learner.base import MetaLearner
-from fleet.robots import robot_param_dim
 from learner.conditioning import TaskEncoder, conditioned_spec
 from learner.config import LearnerConfig
 from learner.losses import masked_mean, ppo_clip_loss

@@ -82,7 +82,9 @@ class RMALearner(MetaLearner):
     def __init__(self, spec: PolicySpec, config: LearnerConfig, train_tasks: Sequence[Task] = ()):
         self.robot_params = tuple(config.robot_params)
         self.rma = config.rma
-        base = spec if spec.conditioning != "none" else conditioned_spec(spec, config.rma.conditioning, config.rma.latent)
+        if spec.conditioning == "none":
+            spec = conditioned_spec(spec, config.rma.conditioning, config.rma.latent)
+        base = spec
         super().__init__(replace(base, kind="mlp"), config, train_tasks)
         dims = (robot_param_dim(self.robot_params), self.policy.spec.obs_dim, self.policy.spec.act_dim)
         self.adapter = ReluMLP(self.rma.history * (dims[1] + dims[2]) + dims[1], self.rma.adapt_sizes,

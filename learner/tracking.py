@@ -4,6 +4,9 @@ With nothing set, tracking and registry live in `sqlite:///mlflow.db` in the wor
 
 Training must not stop because the tracking server blinks: metrics (and checkpoint artifacts) that MLflow
 refuses are kept in a bounded buffer and delivered by a later call or at `close()`; see `Tracker`.
+
+Every checkpoint logged into the run also gets its sha256 as the run tag ``checkpoint_sha256/<file name>``;
+a resume (:func:`find_checkpoint`) loads only a checkpoint that matches it.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from collections import deque
 from pathlib import Path
 
 import mlflow
-from mlflow.entities import Metric
+from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from learner.checkpoint import LoadedCheckpoint, file_sha256, load_newest
 
 log = logging.getLogger(__name__)
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -34,6 +39,8 @@ REJECTED = {"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "RESOURCE_DOES_NOT_EXIST"}
 HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 _BAD_METRIC_CHARS = re.compile(r"[^\w\-./ :]")
+CHECKPOINTS = "checkpoints"  # the artifact path of checkpoints in the run
+DIGEST_TAG = "checkpoint_sha256/"  # + file name: the sha256 of a checkpoint, taken when it is logged
 
 
 class TrackingError(RuntimeError):
@@ -109,6 +116,7 @@ class Tracker:
         self.flush_failures = 0  # delivery attempts that failed
         self._pending: deque[Metric] = deque()
         self._pending_artifacts: list[tuple[str, str | None]] = []
+        self._pending_tags: dict[str, str] = {}  # checkpoint digests, delivered before their files
         self._outage_since: float | None = None
         self._next_retry = 0.0
         self._already_logged: dict[str, set[int]] = {}
@@ -150,7 +158,7 @@ class Tracker:
     def flush(self, force: bool = True) -> bool:
         """Deliver buffered metrics and artifacts; True when nothing is left waiting. Without `force`,
         an outage is retried at most every `retry_interval` seconds."""
-        if not self._pending and not self._pending_artifacts:
+        if not self._pending and not self._pending_artifacts and not self._pending_tags:
             return True
         if not force and time.monotonic() < self._next_retry:
             return False
@@ -160,6 +168,9 @@ class Tracker:
                 self.client.log_batch(self.run_id, metrics=chunk)
                 for _ in chunk:
                     self._pending.popleft()
+            if self._pending_tags:
+                self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in self._pending_tags.items()])
+                self._pending_tags.clear()
             while self._pending_artifacts:
                 path, artifact_path = self._pending_artifacts[0]
                 if Path(path).exists():  # a rotated-away checkpoint is no loss: a newer one follows
@@ -193,6 +204,8 @@ class Tracker:
             for _ in range(min(BATCH_SIZE, len(self._pending))):
                 self._pending.popleft()
                 self.dropped += 1
+        elif self._pending_tags:
+            self._pending_tags.clear()
         elif self._pending_artifacts:
             self._pending_artifacts.pop(0)
         log.error("MLflow rejected buffered data (%s); dropped it", exc.error_code)
@@ -216,7 +229,10 @@ class Tracker:
         mlflow.log_figure(figure, artifact_file)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        """Upload one file (checkpoints during training); kept for a later retry when MLflow is down."""
+        """Upload one file (checkpoints during training); kept for a later retry when MLflow is down. A checkpoint
+        (``artifact_path`` "checkpoints") also gets its sha256 recorded as a run tag, what a resume checks."""
+        if artifact_path == CHECKPOINTS:  # hashed now, as written: the tag must not follow later changes
+            self._pending_tags[DIGEST_TAG + Path(path).name] = file_sha256(path)
         entry = (str(path), artifact_path)
         if entry not in self._pending_artifacts:
             self._pending_artifacts.append(entry)
@@ -245,7 +261,33 @@ class Tracker:
     def close(self, status: str = "FINISHED") -> None:
         """Deliver what is buffered, then end the run (raises if MLflow is still unreachable)."""
         if not self.flush():
-            log.error("MLflow still unreachable at close: %d metric points and %d artifacts not delivered",
-                      len(self._pending), len(self._pending_artifacts))
+            log.error("MLflow still unreachable at close: %d metric points, %d artifacts and %d checkpoint digests "
+                      "not delivered", len(self._pending), len(self._pending_artifacts), len(self._pending_tags))
         if mlflow.active_run() is not None:
             mlflow.end_run(status=status)
+
+
+def checkpoint_digests(client: MlflowClient, run_id: str) -> dict[str, str]:
+    """Checkpoint file name -> the sha256 the run recorded when it was logged (empty for an unknown run)."""
+    try:
+        tags = client.get_run(run_id).data.tags
+    except MlflowException:
+        return {}
+    return {key[len(DIGEST_TAG):]: value for key, value in tags.items() if key.startswith(DIGEST_TAG)}
+
+
+def find_checkpoint(uri: str, run_id: str, local_dir: Path) -> LoadedCheckpoint | None:
+    """The newest checkpoint of run ``run_id`` that matches the sha256 the run recorded for it: from
+    ``local_dir``, else from the run's MLflow copy. Reads only; raises
+    :class:`learner.checkpoint.CheckpointIntegrityError` for a changed or unverifiable checkpoint."""
+    client = MlflowClient(uri, uri)
+    digests, where = checkpoint_digests(client, run_id), f"MLflow run {run_id}"
+    found = load_newest(local_dir, digests, where)
+    if found is None:
+        try:
+            remote = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CHECKPOINTS,
+                                                         dst_path=tempfile.mkdtemp(), tracking_uri=uri)
+        except Exception:  # no checkpoint was ever logged
+            return None
+        found = load_newest(remote, digests, where)
+    return found

@@ -216,8 +216,9 @@ def model_input_dim(spec: PolicySpec) -> int:
 
 
 def check_rma(spec: PolicySpec) -> None:
-    """An "rma" spec: an actor conditioned on z (concat, film or additive), z from the extrinsics encoder mu(e) (privileged) or from the
-    adaptation module psi(last `history` (obs, action) steps, obs) on the robot; every size must be set."""
+    """An "rma" spec: an actor conditioned on z (concat, film or additive), z from the extrinsics encoder mu(e)
+    (privileged) or from the adaptation module psi(last `history` (obs, action) steps, obs) on the robot; every
+    size must be set."""
     if spec.conditioning not in ("concat", "film", "additive") or spec.context_dim < 1:
         raise ValueError(f"an 'rma' policy acts on obs and z: it needs conditioning 'concat', 'film' or 'additive' and "
                          f"context_dim = the latent size, got {spec.conditioning!r}, {spec.context_dim}")
@@ -229,8 +230,9 @@ def check_rma(spec: PolicySpec) -> None:
 
 def rma_shapes(spec: PolicySpec) -> dict[str, tuple[int, ...]]:
     """Array name -> shape of an RMA policy (`spec.kind == "rma"`, policy.rma): the z-conditioned actor
-    (`policy.mlp` names, context = the latent z), the extrinsics encoder `extrinsics.*` (ReLU MLP e -> z), the adaptation module
-    `adaptation.*` (ReLU MLP [history, obs] -> z) and `rma.mode` (1: z from the adaptation module, 0: from e)."""
+    (`policy.mlp` names, context = the latent z), the extrinsics encoder `extrinsics.*` (ReLU MLP e -> z), the
+    adaptation module `adaptation.*` (ReLU MLP [history, obs] -> z) and `rma.mode` (1: z from the adaptation
+    module, 0: from e)."""
     actor = dataclasses.replace(spec, kind="mlp", model_sizes=(), privileged_dim=0, history=0, encoder_sizes=())
     shapes = dict(actor.weight_shapes())
     z = spec.context_dim

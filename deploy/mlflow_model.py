@@ -13,7 +13,8 @@ installed with metafleet: nothing stored in the artifact store is executed (no p
 models-from-code source file). :func:`_load_pyfunc` verifies the artifact like `fleet pull` does — the content
 digest in the manifest, the digest recorded in the MLmodel, and, where the registry is reachable, the
 ``content_sha256`` / ``weights_sha256`` tags of every version registered from the MLmodel's run — and only then
-builds the model (``deploy.serving.PolicyModel.from_artifact``).
+builds the model (``deploy.serving.PolicyModel.from_artifact``). The model returns every action within the
+manifest's action bounds, through the robots' safety layer, and refuses to load without finite bounds.
 
     mlflow models serve -m models:/reach-maml@production --env-manager local --host 127.0.0.1 -p 5001
 """

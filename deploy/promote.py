@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from mlflow.exceptions import MlflowException
 
-from deploy.history import move_alias
+from deploy.history import move_alias, not_found
 from deploy.jobs import evaluate_model
 from deploy.registry import Registry, RegistryError
 
@@ -41,11 +41,15 @@ def promote(model: str, version: str, alias: str = "production", force: bool = F
     registry = registry or Registry()
     try:
         registry.client.get_model_version(model, version)
-    except MlflowException:
+    except MlflowException as exc:
+        if not not_found(exc):  # no answer, refused credentials: say so, not "does not exist"
+            raise
         raise RegistryError(f"models:/{model}/{version} does not exist") from None
     try:
         incumbent = str(registry.client.get_model_version_by_alias(model, alias).version)
-    except MlflowException:
+    except MlflowException as exc:
+        if not not_found(exc):
+            raise
         incumbent = None
 
     def score(v: str) -> float:

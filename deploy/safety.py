@@ -5,10 +5,13 @@ Guarantees (for every action ``filter`` returns):
 - it has the action space's shape and is finite (float32);
 - every entry lies in ``[action_low, action_high]``;
 - with ``max_action_rate`` set, no entry differs from the previous returned action by more than that
-  (after ``reset`` and after a safe stop the previous action is the safe action, so motion ramps up
-  from a hold);
-- a non-finite observation or proposal yields the safe action (zeros) at once -- a safe stop is the one
-  step exempt from the rate limit -- and the policy's proposal for a non-finite observation is never used.
+  (after ``reset`` and after a safe stop has reached the hold, motion ramps up from the hold);
+- a non-finite observation or proposal is a safe stop, and the policy's proposal for a non-finite observation
+  is never used. A safe stop brings each entry from the last sent action to the safe action (zeros): at once
+  with ``stop_ramp_s = 0`` (the default: right for delta action spaces, where zero already holds, and the one
+  step exempt from the rate limit), or, with ``stop_ramp_s > 0``, in equal per-entry steps over that time and
+  never faster than ``max_action_rate`` -- for absolute action spaces (a legged robot's joint targets), where
+  zero is the home pose and a jump to it is a snap.
 
 It does *not* check collisions, workspace, joint or force limits beyond the action bounds, nor watch the
 robot's own controller: those stay the robot's job (see docs/robots.md).
@@ -18,6 +21,9 @@ Usage::
     layer = SafetyLayer((20,), -np.ones(3), np.ones(3))
     obs = layer.check_observation(raw_obs)          # ObservationSchemaError on a wrong shape
     action, info = layer.filter(obs, policy_action)  # info: safe_stop, reason, clipped, rate_limited
+    action, info = layer.stop("client gone")        # one step of a safe stop, no observation needed
+    actions = layer.ramp_to_hold("client gone")     # the rest of the stop, until the robot holds
+    bounded = layer.bound(batch_of_actions)         # stateless: bounds only (serving)
 """
 
 from __future__ import annotations
@@ -42,18 +48,29 @@ class SafetyConfig:
         max_action_rate: Largest change of any action entry from one control step to the next, in
             action units (for reach: 0.5 = half of the largest end-effector step); ``None`` turns the
             rate limit off.
-        safe_action: What a safe stop sends. ``"zero"``: all zeros, which holds position for the
+        safe_action: What a safe stop ends on. ``"zero"``: all zeros, which holds position for the
             delta action spaces of the fleet's families.
+        stop_ramp_s: How long a safe stop takes to bring every entry from the last sent action to the safe
+            action, in seconds; 0 = at once. Set it for absolute action spaces (joint position targets).
+        control_period_s: One control step, in seconds: ``stop_ramp_s / control_period_s`` steps make a ramp.
     """
 
     max_action_rate: float | None = 0.5
     safe_action: str = "zero"
+    stop_ramp_s: float = 0.0
+    control_period_s: float = 0.05
 
     def __post_init__(self) -> None:
         rate = self.max_action_rate
         if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float))
                                  or not math.isfinite(rate) or rate <= 0):
             raise ValueError(f"SafetyConfig.max_action_rate must be a finite number > 0 or None, got {rate!r}")
+        for name, low in (("stop_ramp_s", 0.0), ("control_period_s", None)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or (value < low if low is not None else value <= 0):
+                raise ValueError(f"SafetyConfig.{name} must be a finite number {'>= 0' if low is not None else '> 0'}"
+                                 f", got {value!r}")
         if self.safe_action not in SAFE_ACTIONS:
             raise ValueError(f"SafetyConfig.safe_action must be one of {SAFE_ACTIONS}, got {self.safe_action!r}")
 
@@ -67,6 +84,7 @@ class SafetyLayer:
         self.set_bounds(action_low, action_high)
         self.counters = {"steps": 0, "safe_stops": 0, "clipped": 0, "rate_limited": 0}
         self._previous = self._safe.copy()
+        self._stop_step: np.ndarray | None = None  # per-entry step of the safe stop in progress (None: none)
 
     def set_bounds(self, action_low, action_high) -> None:
         """Set the action bounds (finite, low <= high, holding the safe action)."""
@@ -88,6 +106,33 @@ class SafetyLayer:
     def reset(self) -> None:
         """Start a new episode: the previous action becomes the safe action (the robot holds)."""
         self._previous = self._safe.copy()
+        self._stop_step = None
+
+    @property
+    def holding(self) -> bool:
+        """The last action sent is the safe action: a safe stop has finished (or nothing moved yet)."""
+        return bool(np.array_equal(self._previous, self._safe))
+
+    def stop(self, reason: str = "stop requested") -> tuple[np.ndarray, dict]:
+        """One step of a safe stop without an observation (the caller lost its client, an operator stop);
+        ``(action, info)`` as :meth:`filter` returns them."""
+        self.counters["steps"] += 1
+        return self._safe_stop(reason)
+
+    def ramp_to_hold(self, reason: str = "stop requested") -> list[np.ndarray]:
+        """The rest of a safe stop: one action per control step until the robot holds (empty if it does)."""
+        actions = []
+        while not self.holding:
+            actions.append(self.stop(reason)[0])
+        return actions
+
+    def bound(self, actions) -> np.ndarray:
+        """A batch of proposed actions ``[B, act_dim]`` within the bounds, statelessly (no rate limit: there is
+        no previous action, e.g. in serving); a row with a non-finite entry becomes the safe action."""
+        proposed = np.asarray(actions, dtype=np.float32).reshape(-1, self._safe.size)
+        bounded = np.clip(proposed, self.action_low, self.action_high)
+        bounded[~np.isfinite(proposed).all(axis=1)] = self._safe
+        return bounded
 
     def check_observation(self, obs) -> np.ndarray:
         """Return ``obs`` as float32 of the expected shape; raise :class:`ObservationSchemaError` otherwise.
@@ -118,6 +163,7 @@ class SafetyLayer:
         reason = self._stop_reason(obs, proposed_action)
         if reason is not None:
             return self._safe_stop(reason)
+        self._stop_step = None  # a good step ends a stop; motion resumes rate-limited from where it got to
         action = np.asarray(proposed_action, dtype=np.float32).reshape(self.action_shape)
         bounded = np.clip(action, self.action_low, self.action_high)
         clipped = int(np.count_nonzero(bounded != action))
@@ -150,6 +196,25 @@ class SafetyLayer:
         return None
 
     def _safe_stop(self, reason: str) -> tuple[np.ndarray, dict]:
+        """One step from the last sent action toward the safe action (all of the way without a ramp)."""
         self.counters["safe_stops"] += 1
-        self._previous = self._safe.copy()
-        return self._safe.copy(), {"safe_stop": True, "reason": reason, "clipped": 0, "rate_limited": 0}
+        if self._stop_step is None:  # a new stop: each entry gets an equal share of its own way per step
+            self._stop_step = self._ramp_step()
+        gap = self._safe - self._previous
+        moved = self._previous + np.clip(gap, -self._stop_step, self._stop_step)
+        # float32 steps do not sum to the gap exactly: the last step lands on the hold itself
+        arrived = np.abs(gap) <= self._stop_step * np.float32(1.0001)
+        self._previous = np.where(arrived, self._safe, moved).astype(np.float32)
+        return self._previous.copy(), {"safe_stop": True, "reason": reason, "clipped": 0, "rate_limited": 0}
+
+    def _ramp_step(self) -> np.ndarray:
+        """Per-entry step of a new stop: its distance to the hold over the ramp's steps, at most the rate limit
+        (a ramp never moves faster than the policy may); without a ramp, the whole distance."""
+        distance = np.abs(self._safe - self._previous)
+        if self.config.stop_ramp_s <= 0:
+            return distance
+        steps = max(1, math.ceil(self.config.stop_ramp_s / self.config.control_period_s - 1e-9))
+        step = distance / np.float32(steps)
+        if self.config.max_action_rate is not None:
+            step = np.minimum(step, np.float32(self.config.max_action_rate))
+        return step.astype(np.float32)

@@ -18,6 +18,11 @@ Input (one row per request; a DataFrame, a dict of columns, or for a plain MLP j
 - PEARL: ``obs`` + ``z``, or the context transitions ``context_obs``, ``context_actions``, ``context_rewards``,
   ``context_next_obs`` (a list of transitions per row; empty = the prior) -> ``action``, ``z``.
 
+Every ``action`` it returns is within the manifest's action bounds, through the same safety layer robots act
+behind (``deploy.safety.SafetyLayer.bound``: clipped into the box, a non-finite row replaced by the safe action;
+no rate limit, as serving keeps no previous action); a manifest without finite bounds that hold the safe action
+is refused at load. The recurrent ``state`` is the policy's own, from its unbounded proposal.
+
 Serving is stateless: a recurrent policy's state goes out with each response and comes back with the next
 request; PEARL acts with the posterior mean given the row's context.
 
@@ -62,6 +67,7 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
         self.driver = PolicyDriver(artifact.weights, artifact.manifest)
         self.policy, self.spec = self.driver.policy, artifact.weights.spec
         self.obs_dim = self.spec.obs_dim
+        self.safety = _safety_layer(artifact.manifest, self.spec)
 
     @property
     def kind(self) -> str:
@@ -69,6 +75,14 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
         return "recurrent" if d.recurrent else "pearl" if d.latent else "conditioned" if d.conditioned else "mlp"
 
     def predict(self, context, model_input, params=None):
+        """The bounded actions for a batch of requests (see the module docstring for the input per kind)."""
+        out = self._propose(model_input)
+        if isinstance(out, dict):
+            return {**out, "action": self.safety.bound(out["action"]).tolist()}
+        return self.safety.bound(out)
+
+    def _propose(self, model_input):
+        """The policy's own actions, before the bounds."""
         columns = _columns(model_input)
         if columns is None:  # a bare array of observations
             if self.kind != "mlp":
@@ -183,6 +197,19 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
             mu, _ = self.driver.encoder.posterior(*parts)
             out.append(mu)
         return np.asarray(out, np.float32)
+
+
+def _safety_layer(manifest: dict, spec):
+    """The robots' safety layer for the manifest's spaces (bounds only); refuse to serve without it."""
+    from deploy.runtime import _spaces as manifest_spaces  # the runtime's own reading of the spaces
+    from deploy.safety import SafetyConfig, SafetyLayer
+    from policy.artifact import ArtifactError
+
+    try:
+        obs_shape, low, high = manifest_spaces(manifest, spec)
+        return SafetyLayer(obs_shape, low, high, SafetyConfig(max_action_rate=None))
+    except ValueError as exc:  # ArtifactError too
+        raise ArtifactError(f"refusing to serve without the safety layer's action bounds: {exc}") from None
 
 
 def serving_signature(artifact):

@@ -2,16 +2,20 @@
 
 The records are written by every alias move (train -> @candidate, promote -> @production, adapt ->
 @robot-<id>) into the MLflow registry (see deploy/history.py); these commands read them and move an alias
-back through them.
+back through them. `fleet history --verify` checks every record's signature against METAFLEET_HISTORY_KEY;
+`fleet rollback` verifies the version it restores as `fleet pull` would, before the alias moves. Each runs
+through ``metafleet.registry_errors.registry_command`` (bounded waits; registry failures exit 2).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import sys
 
 from metafleet.args import EXIT_FAILED, EXIT_OK, bad_input, error
+from metafleet.registry_errors import registry_command, server_failure
 
 
 def add_parsers(sub) -> None:
@@ -22,7 +26,10 @@ def add_parsers(sub) -> None:
     which.add_argument("--robot", metavar="ID", help="only the moves of @robot-ID")
     which.add_argument("--alias", help="only the moves of this alias, e.g. production")
     history.add_argument("--json", action="store_true", help="print JSON")
-    history.set_defaults(handler=cmd_history)
+    history.add_argument("--verify", action="store_true",
+                         help="check every record's signature against METAFLEET_HISTORY_KEY; exit 1 naming each "
+                              "forged, unsigned or invalid entry")
+    history.set_defaults(handler=registry_command(cmd_history))
 
     rollback = sub.add_parser("rollback", help="move a robot's alias back to its previous version that passed its "
                                                "gate")
@@ -32,13 +39,13 @@ def add_parsers(sub) -> None:
     which.add_argument("--alias", help="roll back another alias, e.g. production")
     rollback.add_argument("--reason", default="", help="why (recorded in the history)")
     rollback.add_argument("--json", action="store_true", help="print JSON")
-    rollback.set_defaults(handler=cmd_rollback)
+    rollback.set_defaults(handler=registry_command(cmd_rollback))
 
     status = sub.add_parser("status", help="the fleet: each alias and robot, its version, parent, gain, last move")
     status.add_argument("models", nargs="*", metavar="MODEL",
                         help="registered models (each with its -adapted model); default: all")
     status.add_argument("--json", action="store_true", help="print JSON")
-    status.set_defaults(handler=cmd_status)
+    status.set_defaults(handler=registry_command(cmd_status))
 
 
 def _client():
@@ -59,31 +66,38 @@ def _warn(problems: list[str]) -> None:
 
 
 def cmd_history(args) -> int:
-    from mlflow.exceptions import MlflowException
-
-    from deploy.history import HistoryError, adapted_hint, alias_holder, read_history
+    from deploy.history import adapted_hint, alias_holder, read_history
+    from deploy.history_record import KEY_ENV, history_key
 
     alias = _alias(args)
-    try:
-        client = _client()
-        records, problems = read_history(client, args.model, alias)
-        if alias and not records and alias_holder(client, args.model, alias) is None:
-            raise HistoryError(f"models:/{args.model}@{alias} is not set and has no recorded moves"
-                               + adapted_hint(client, args.model, alias))
-    except HistoryError as exc:
-        return bad_input(str(exc))
-    except MlflowException as exc:
-        return error(f"cannot read the registry: {exc}", EXIT_FAILED)
+    if args.verify and history_key() is None:
+        return bad_input(f"--verify needs the history key: set {KEY_ENV} to the key the registry's writers sign with")
+    client = _client()
+    records, problems = read_history(client, args.model, alias)
+    if alias and not records and alias_holder(client, args.model, alias) is None:
+        return bad_input(f"models:/{args.model}@{alias} is not set and has no recorded moves"
+                         + adapted_hint(client, args.model, alias))
     _warn(problems)
     if args.json:
         print(json.dumps([r.to_dict() for r in records], indent=2))
+    else:
+        print_history(args.model, alias, records)
+    if not args.verify:
         return EXIT_OK
+    if problems:
+        tags = [m[1] for line in problems if (m := re.search(r"tag '([^']+)'", line))]
+        return error(f"models:/{args.model}: {len(problems)} history entr{'y' if len(problems) == 1 else 'ies'} "
+                     f"not signed with {KEY_ENV} (forged, unsigned or invalid): {', '.join(tags)}", EXIT_FAILED)
+    print(f"verified: {len(records)} records signed with {KEY_ENV}, no entry forged")
+    return EXIT_OK
+
+
+def print_history(model: str, alias: str | None, records: list) -> None:
     scope = f"@{alias}" if alias else "all aliases"
     if not records:
-        print(f"models:/{args.model} ({scope}): no recorded alias moves")
-        return EXIT_OK
-    print(f"models:/{args.model} ({scope}): {len(records)} recorded alias move{'s' * (len(records) != 1)}, "
-          "oldest first")
+        print(f"models:/{model} ({scope}): no recorded alias moves")
+        return
+    print(f"models:/{model} ({scope}): {len(records)} recorded alias move{'s' * (len(records) != 1)}, oldest first")
     for r in records:
         verdict = {True: "passed", False: "not passed", None: "no gate"}[r.passed]
         start = f"v{r.from_version}" if r.from_version else "(unset)"
@@ -94,7 +108,6 @@ def cmd_history(args) -> int:
             print(f"     figures: {figures_text(r.figures)}")
         if r.command:
             print(f"     command: {r.command}")
-    return EXIT_OK
 
 
 def figures_text(figures: dict) -> str:
@@ -107,19 +120,20 @@ def figures_text(figures: dict) -> str:
 
 
 def cmd_rollback(args) -> int:
-    from mlflow.exceptions import MlflowException
-
-    from deploy.history import HistoryError, rollback
+    from deploy.history import HistoryError, HistoryWriteError, rollback
+    from deploy.registry import Registry
 
     alias = _alias(args)
     command = shlex.join(["fleet", "rollback", args.model, *(["--robot", args.robot] if args.robot else
                                                               ["--alias", args.alias]),
                           *(["--reason", args.reason] if args.reason else [])])
+    registry = Registry()
     try:
-        move, restored = rollback(_client(), args.model, alias, args.reason, command)
+        move, restored = rollback(registry.client, args.model, alias, args.reason, command,
+                                  verify=lambda version: verify_version(registry, args.model, alias, version))
     except HistoryError as exc:
         return bad_input(str(exc))
-    except (MlflowException, RuntimeError) as exc:
+    except HistoryWriteError as exc:
         return error(f"rollback of models:/{args.model}@{alias} failed: {exc}", EXIT_FAILED)
     if args.json:
         print(json.dumps({"move": move.to_dict(), "restored": restored.to_dict()}, indent=2))
@@ -133,19 +147,36 @@ def cmd_rollback(args) -> int:
     return EXIT_OK
 
 
-def cmd_status(args) -> int:
-    from mlflow.exceptions import MlflowException
+def verify_version(registry, model: str, alias: str, version: str) -> None:
+    """Verify ``models:/model/version`` as `fleet pull` does (download, content digest against the manifest and
+    the version's tags); HistoryError naming it if it does not verify, the alias unmoved."""
+    import tempfile
+    from pathlib import Path
 
-    from deploy.history import HistoryError, fleet_models, fleet_status
+    from deploy.history import HistoryError
+    from deploy.registry import RegistryError
+    from policy.artifact import ArtifactError, PolicyArtifact
 
+    uri = f"models:/{model}/{version}"
     try:
-        client = _client()
-        models = fleet_models(client, args.models)
-        rows = fleet_status(client, models)
-    except HistoryError as exc:
-        return bad_input(str(exc))
-    except MlflowException as exc:
-        return error(f"cannot read the registry: {exc}", EXIT_FAILED)
+        resolved = registry.resolve(uri)
+        with tempfile.TemporaryDirectory(prefix="metafleet-rollback-") as tmp:
+            PolicyArtifact.load(registry.download(resolved, Path(tmp) / "download"), expected_digest=resolved.sha256,
+                                expected_weights_sha256=resolved.weights_sha256)
+    except (RegistryError, ArtifactError, OSError) as exc:
+        failure = server_failure(exc)
+        if failure is not None:
+            raise failure from None
+        raise HistoryError(f"rollback refused, models:/{model}@{alias} unchanged: {uri} does not verify as "
+                           f"`fleet pull` would verify it: {exc}") from None
+
+
+def cmd_status(args) -> int:
+    from deploy.history import fleet_models, fleet_status
+
+    client = _client()
+    models = fleet_models(client, args.models)
+    rows = fleet_status(client, models)
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
@@ -156,7 +187,8 @@ def cmd_status(args) -> int:
     table = [header] + [(r["model"], f"@{r['alias']}", r["robot"] or "-", f"v{r['version']}", r["parent"] or "-",
                          "-" if r["gain"] is None else f"{r['gain']:+.3f}",
                          r["moved"] or "unrecorded", r["by"] or "-",
-                         r["why"] or "moved outside fleet history") for r in rows]
+                         (f"[v{r['pending']} recorded, alias not moved: run that command again] "
+                          if r["pending"] else "") + (r["why"] or "moved outside fleet history")) for r in rows]
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header) - 1)]
     for row in table:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])

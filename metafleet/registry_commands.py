@@ -1,10 +1,14 @@
-"""`fleet adapt`, `fleet promote`, `fleet pull`: the registry side of a policy's life."""
+"""`fleet adapt`, `fleet promote`, `fleet pull`: the registry side of a policy's life.
+
+Each runs through ``metafleet.registry_errors.registry_command``: bounded registry waits, and a registry that
+does not answer or refuses the credentials exits 2 with a message naming it."""
 
 from __future__ import annotations
 
 import json
 
 from metafleet.args import EXIT_OK, bad_input, parse_task
+from metafleet.registry_errors import explain, registry_command
 
 
 def add_plugin_args(parser) -> None:
@@ -40,7 +44,7 @@ def add_parsers(sub) -> None:
     pull.add_argument("model_uri", help="models:/NAME/VERSION, models:/NAME@ALIAS or runs:/ID/policy")
     pull.add_argument("--out", required=True, help="policy path (a symlink managed by fleet pull)")
     pull.add_argument("--json", action="store_true", help="print JSON")
-    pull.set_defaults(handler=cmd_pull)
+    pull.set_defaults(handler=registry_command(cmd_pull))
 
 
 def add_episode_args(parser, episodes_help: str, handler) -> None:
@@ -48,7 +52,7 @@ def add_episode_args(parser, episodes_help: str, handler) -> None:
     parser.add_argument("--episodes", type=int, default=10, help=episodes_help)
     parser.add_argument("--json", action="store_true", help="print JSON")
     add_plugin_args(parser)
-    parser.set_defaults(handler=handler)
+    parser.set_defaults(handler=registry_command(handler))
 
 
 def cmd_adapt(args) -> int:
@@ -64,7 +68,7 @@ def cmd_adapt(args) -> int:
         result = adapt_on_robot(args.model_uri, args.robot, task, args.episodes, args.steps, args.robot_id, args.seed,
                                 allow_plugins=tuple(args.allow_plugins), plugin_config=args.plugin_config)
     except (ValueError, RegistryError, ArtifactError, ConfigError, ConnectionError) as exc:
-        return bad_input(str(exc))
+        return bad_input(explain(exc))
     except OSError as exc:  # a user-given path (a local policy directory) that cannot be read
         return bad_input(f"adapt {args.model_uri}: {exc}")
     if args.json:
@@ -90,7 +94,7 @@ def cmd_promote(args) -> int:
                            num_tasks=args.tasks, allow_plugins=tuple(args.allow_plugins),
                            plugin_config=args.plugin_config)
     except (RegistryError, ArtifactError, ConfigError) as exc:
-        return bad_input(str(exc))
+        return bad_input(explain(exc))
     if args.json:
         print(json.dumps(decision.to_dict(), indent=2))
     else:
@@ -107,7 +111,7 @@ def cmd_pull(args) -> int:
     try:
         result = pull(args.model_uri, args.out)
     except (RegistryError, ArtifactError) as exc:
-        return bad_input(f"pull refused, {args.out} unchanged: {exc}")
+        return bad_input(f"pull refused, {args.out} unchanged: {explain(exc)}")
     except OSError as exc:  # --out under a missing, read-only or special directory
         return bad_input(f"pull failed, {args.out} unchanged: cannot write there: {exc}")
     if args.json:

@@ -37,6 +37,9 @@ class FleetConfig(_Strict):
                                    "fleet file's seed, else 0)")
     curriculum: str | None = Field(None, description="'module:object' callable (iteration, train tasks, stats) -> "
                                    "sampling weights over train tasks; default uniform")
+    eval_robots: list[str] | None = Field(None, description="held-out robot ids (split: test) the held-out "
+                                          "evaluation runs on, in turn; default every test robot (or, with none "
+                                          "held out, every robot)")
     num_train_tasks: int = Field(200, ge=1, description="size of the seeded meta-training task set")
     num_test_tasks: int = Field(40, ge=1, description="size of the disjoint held-out task set")
     task_seed: int = Field(0, description="seed of the train/test task split")
@@ -75,7 +78,14 @@ class FleetConfig(_Strict):
         from fleet.fleetspec import check_fleet_families
         from fleet.tasks import family_weights
 
-        check_fleet_families(list(family_weights(self.family)), self.build_fleet(), self.horizon)
+        fleet = self.build_fleet()
+        check_fleet_families(list(family_weights(self.family)), fleet, self.horizon)
+        if self.eval_robots is not None:
+            known = [r.robot_id for r in fleet.test]
+            unknown = [rid for rid in self.eval_robots if rid not in known]
+            if unknown or not self.eval_robots:
+                raise ValueError(f"fleet.eval_robots names {unknown or 'no robot'}: the held-out robots (split: test) "
+                                 f"of this fleet are {known or 'none'}")
         return self
 
     def build_fleet(self):

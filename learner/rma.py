@@ -149,9 +149,9 @@ class RMALearner(MetaLearner):
         mean, std = self.policy.obs_mean, self.policy.obs_std
         with torch.no_grad():
             for b in batches:
-                obs = torch.as_tensor(b.obs, dtype=torch.float32, device=self.device)
+                obs = torch.as_tensor(np.array(b.obs, np.float32), device=self.device)
                 obs = ((obs - mean) / std).clamp(-OBS_CLIP, OBS_CLIP)
-                actions = torch.as_tensor(b.actions, dtype=torch.float32, device=self.device)
+                actions = torch.as_tensor(np.array(b.actions, np.float32), device=self.device)
                 mask = torch.as_tensor(b.mask > 0, device=self.device)
                 x = history_windows(obs, actions, self.rma.history)[mask]
                 e = torch.as_tensor(np.asarray(b.context, np.float32), device=self.device)

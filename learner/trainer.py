@@ -87,7 +87,7 @@ class Trainer:
         eval_tasks = tuple(self.tasks.tasks("test")[: cfg.train.eval_tasks])
         t = cfg.train
         # The method and its baselines under one protocol: held-out tasks on held-out robots when the fleet has them.
-        self.protocol = EvalProtocol(eval_tasks, tuple(self.fleet.eval_robots(len(eval_tasks))), tuple(t.eval_steps),
+        self.protocol = EvalProtocol(eval_tasks, tuple(self.held_out_robots(len(eval_tasks))), tuple(t.eval_steps),
                                      t.eval_episodes, cfg.fleet.horizon, seed=evaluation_seed(t.seed, "held_out"))
         self.guard_trips = 0
         self.prefetched: tuple[list, Opened] | None = None  # next iteration's tasks and opened plan (overlap)
@@ -97,6 +97,15 @@ class Trainer:
         # The learning curve: {"iteration", "env_steps", "summary"} per held-out evaluation of this process (the
         # periodic ones and the final one; not kept in checkpoints, so a resumed run's curve starts at the resume).
         self.curve: list[dict] = []
+
+    def held_out_robots(self, count: int) -> list:
+        """The robots of `count` held-out tasks: `fleet.eval_robots` in turn when named, else the fleet's own
+        choice (every test robot in turn, or every robot when none is held out)."""
+        named = self.cfg.fleet.eval_robots
+        if not named:
+            return self.fleet.eval_robots(count)
+        by_id = {r.robot_id: r for r in self.fleet.test}
+        return [by_id[named[i % len(named)]] for i in range(count)]
 
     # ---- one meta-iteration ----------------------------------------------------------------
     def iterate(self) -> dict[str, float]:

@@ -15,7 +15,7 @@ import math
 import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from deploy.bridge_client import RemoteRobot
 from deploy.robot import Robot
@@ -56,15 +56,33 @@ def with_sim_defaults(address: str, **defaults: Any) -> str:
     """Add ``defaults`` (e.g. the policy's family and robot model) to a ``sim:`` address's query where the
     address does not set them; other addresses are returned unchanged.
 
+    The query is rebuilt from parsed ``(key, value)`` pairs and re-encoded, never spliced as text: a default
+    holding ``&`` or ``=`` stays one value of its own key (a manifest must not set the family through its
+    robot model). A ``model`` default must name a known robot model (:data:`fleet.robots.ROBOT_MODELS`).
+
     >>> with_sim_defaults("sim:c-1?horizon=20", family="velocity", model="half_cheetah")
     'sim:c-1?horizon=20&family=velocity&model=half_cheetah'
     """
     if not isinstance(address, str) or not address.startswith("sim:"):
         return address
     head, _, query = address.partition("?")
-    present = {key for key, _ in parse_qsl(query, keep_blank_values=True)}
-    extra = [f"{key}={value}" for key, value in defaults.items() if key not in present and value is not None]
-    return head + ("?" + "&".join(filter(None, [query, *extra])) if query or extra else "")
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        return address  # a malformed query: `_parse_sim` refuses it, naming the expected form
+    present = {key for key, _ in pairs}
+    extra = {key: value for key, value in defaults.items() if key not in present and value is not None}
+    if "model" in extra:
+        _check_model(extra["model"])
+    pairs += [(key, str(value)) for key, value in extra.items()]
+    return head + ("?" + urlencode(pairs, safe=":/") if pairs else "")
+
+
+def _check_model(model: Any) -> None:
+    """Raise ValueError (naming the known ones) unless ``model`` is the name of a known robot model."""
+    from fleet.robots import get_robot_model  # pure python; pybullet loads only with an env
+
+    get_robot_model(model)
 
 
 def _parse_sim(address: str) -> dict[str, Any]:

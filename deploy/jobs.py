@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import fleet
 from deploy.history import move_alias
-from deploy.manifest_config import manifest_config
+from deploy.manifest_config import check_run_plugins, manifest_config
 from deploy.registry import Registry, git_commit, log_serving_model
 from fleet.tasks import family_weights
 from learner.builder import make_learner, robot_of, task_distribution
@@ -102,11 +102,16 @@ def run_training(cfg: Config, resume_run_id: str | None = None) -> TrainJobResul
     return TrainJobResult(result, cfg.tracking.registered_model, version)
 
 
-def config_of_run(run_id: str, overrides: list[str], tracking_uri: str | None = None) -> Config:
-    """The resolved config a run logged (for --resume), with new overrides applied."""
+def config_of_run(run_id: str, overrides: list[str], tracking_uri: str | None = None,
+                  allow_plugins: tuple[str, ...] = ()) -> Config:
+    """The resolved config a run logged (for --resume), with new overrides applied.
+
+    The stored config is data from the tracking store: a plugin family or curriculum it names is imported (by
+    config validation) only if ``allow_plugins`` names it (:func:`deploy.manifest_config.check_run_plugins`)."""
     import mlflow
     import yaml
 
+    from learner.config import apply_overrides
     from learner.tracking import resolve_tracking_uri
 
     mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
@@ -117,7 +122,10 @@ def config_of_run(run_id: str, overrides: list[str], tracking_uri: str | None = 
     except Exception as exc:
         raise ConfigError(f"cannot resume run {run_id!r}: its config.yaml is not available ({exc})") from None
     with open(path) as handle:
-        return load_config(data=yaml.safe_load(handle), overrides=overrides)
+        data = yaml.safe_load(handle)
+    if isinstance(data, dict):  # checked before validation, which imports what the config names
+        check_run_plugins(data, apply_overrides(data, overrides), run_id, allow_plugins)
+    return load_config(data=data, overrides=overrides)
 
 
 def evaluate_model(uri: str, split: str = "test", steps: tuple[int, ...] = (0, 1, 2, 3), episodes: int = 10,

@@ -66,6 +66,31 @@ def check_plugins(manifest: dict, uri: str, allow: Iterable[str] = (), config_pa
                               f"{refused[0]} (or --config FILE whose fleet.family names it)")
 
 
+def run_config_plugins(data: dict) -> list[str]:
+    """The code a run config names: the ``module:object`` families of ``fleet.family`` and ``fleet.curriculum``."""
+    fleet = data.get("fleet") if isinstance(data, dict) else None
+    if not isinstance(fleet, dict):
+        return []
+    curriculum = fleet.get("curriculum")
+    return sorted({*plugin_references(fleet.get("family")), *([curriculum] if isinstance(curriculum, str) else [])})
+
+
+def check_run_plugins(stored: dict, resumed: dict, run_id: str, allow: Iterable[str] = ()) -> None:
+    """Raise :class:`UntrustedPlugin` unless every plugin (family or curriculum) that the config stored in run
+    ``run_id`` names, and the ``resumed`` config (the stored one with the user's ``--set``) still uses, is allowed
+    by ``--allow-plugin``; an ``--allow-plugin`` the stored config does not name is refused too."""
+    named, explicit = run_config_plugins(stored), set(allow)
+    stray = sorted(explicit - set(named))
+    if stray:
+        raise UntrustedPlugin(f"--allow-plugin {stray[0]!r} is not a plugin of run {run_id}'s stored config (it names "
+                              f"{', '.join(named) or 'no plugin'}); allow exactly the run's plugin")
+    refused = [name for name in run_config_plugins(resumed) if name in named and name not in explicit]
+    if refused:
+        raise UntrustedPlugin(f"run {run_id}'s stored config names plugin {refused[0]!r} (fleet.family or "
+                              "fleet.curriculum); `fleet train --resume` never imports code named by a stored config "
+                              f"unless you allow it: pass --allow-plugin {refused[0]} (or give your own CONFIG)")
+
+
 def manifest_config(manifest: dict, uri: str, allow: Iterable[str] = (), config_path: str | None = None,
                     **sections: dict) -> Config:
     """The validated config of ``manifest["fleet"]`` and ``manifest["learner"]`` (device cpu) plus ``sections``,

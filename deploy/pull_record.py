@@ -1,10 +1,11 @@
-"""`pull.json`: what `fleet pull` verified, kept beside the policy so that `fleet run` verifies it again.
+"""`pull.json`: what `fleet pull` verified, kept beside the policy so that every load verifies it again.
 
 A pulled policy lives in ``.DIR.versions/<content_sha256[:16]>/`` (see :mod:`deploy.pull`). Its record
-names the content digest that was verified at pull time; :func:`recorded_digest` returns it for the
-runtime to check the directory against, so a pulled directory changed afterwards (weights, manifest,
-even with a recomputed manifest digest) is refused. Imports nothing beyond the standard library and
-the policy package: it runs on the robot.
+names the content digest that was verified at pull time; :func:`recorded_digest` returns it for every
+loader of a local directory (the runtime of `fleet run`; `Registry.resolve` for eval, adapt and pull) to
+check the directory against, so a pulled directory changed afterwards (weights, manifest, even with a
+recomputed manifest digest), or a copy of one holding its pull.json, is refused. Imports nothing beyond the
+standard library and the policy package: it runs on the robot.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from policy.artifact import ArtifactError
 RECORD_FILE = "pull.json"
 STORE_NAME = re.compile(r"^\..+\.versions$")
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+PULL_RECORD = "digest `fleet pull` verified (pull.json)"  # what a mismatch against the record is called
 
 
 def write_record(directory: Path, uri: str, name: str | None, version: str | None, digest: str,

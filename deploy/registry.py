@@ -16,6 +16,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from deploy.mlflow_model import RUN_ID, save_policy_model
+from deploy.pull_record import PULL_RECORD, recorded_digest
 from learner.tracking import resolve_tracking_uri
 from policy.artifact import PolicyArtifact
 
@@ -93,12 +94,12 @@ class Registry:
                     mv = self.client.get_model_version_by_alias(name, match["alias"])
             except MlflowException as exc:
                 raise RegistryError(f"{uri}: {_short(exc)}") from None
-            return ResolvedModel(uri, mv.source, name, str(mv.version), mv.tags.get("content_sha256"), dict(mv.tags),
+            return ResolvedModel(uri, mv.source, name, str(mv.version), _version_digest(uri, mv), dict(mv.tags),
                                  mv.tags.get("weights_sha256"))
         if uri.startswith("runs:/"):
             return ResolvedModel(uri, uri, sha256=self._registered_digest(uri))
         if Path(uri).is_dir():
-            return ResolvedModel(uri, uri)
+            return ResolvedModel(uri, uri, sha256=_pulled_digest(uri))
         if uri.startswith("models:/"):
             raise RegistryError(f"{uri!r} is not a model URI; expected models:/NAME/VERSION or models:/NAME@ALIAS")
         raise RegistryError(f"{uri!r}: no such directory; expected a policy directory, "
@@ -114,10 +115,11 @@ class Registry:
             versions = self.client.search_model_versions(f"run_id = '{run_id}'")
         except MlflowException:
             return None
-        for mv in versions:
-            if mv.source.rstrip("/").endswith("/" + path.strip("/")) and mv.tags.get("content_sha256"):
+        matching = [mv for mv in versions if mv.source.rstrip("/").endswith("/" + path.strip("/"))]
+        for mv in matching:
+            if mv.tags.get("content_sha256"):
                 return mv.tags["content_sha256"]
-        return None
+        return _version_digest(uri, matching[0]) if matching else None  # registered, untagged: refused
 
     def download(self, resolved: ResolvedModel, dst: str | Path | None = None) -> Path:
         if Path(resolved.source).is_dir():
@@ -131,6 +133,27 @@ class Registry:
         resolved = self.resolve(uri)
         return PolicyArtifact.load(self.download(resolved), expected_digest=resolved.sha256,
                                    expected_weights_sha256=resolved.weights_sha256)
+
+
+def _version_digest(uri: str, mv) -> str:
+    """The ``content_sha256`` tag of a registered version; a version without one is refused, not loaded on the
+    manifest's own digest (which only says the files agree with themselves)."""
+    digest = mv.tags.get("content_sha256")
+    if not digest:
+        raise RegistryError(f"{uri}: registered version {mv.name}/{mv.version} has no content_sha256 tag, so it is "
+                            "not a verified version (the registry's digest is what vouches for the files); re-publish "
+                            "the policy (`fleet train`, or Registry.publish, tags it) and move the alias to the new "
+                            "version with `fleet promote`")
+    return digest
+
+
+def _pulled_digest(directory: str) -> str | None:
+    """For a directory `fleet pull` made (in its store, or a copy holding pull.json): the digest its pull.json
+    records, after checking the directory against it; None for any other directory."""
+    digest = recorded_digest(directory)
+    if digest is not None:
+        PolicyArtifact.load(directory, expected_digest=digest, expected_from=PULL_RECORD)
+    return digest
 
 
 def _short(exc: MlflowException) -> str:

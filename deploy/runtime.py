@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy.pull_record import recorded_digest
+from deploy.pull_record import PULL_RECORD, recorded_digest
 from deploy.robot import Robot
 from deploy.safety import ObservationSchemaError, SafetyConfig, SafetyLayer
 from policy.artifact import ArtifactError, PolicyArtifact
@@ -63,7 +63,7 @@ class RobotRuntime:
             artifact = policy_dir
         else:
             artifact = PolicyArtifact.load(policy_dir, expected_digest=recorded_digest(policy_dir),
-                                           expected_from="digest `fleet pull` verified (pull.json)")
+                                           expected_from=PULL_RECORD)
         if expected_digest is not None and artifact.digest != expected_digest:
             raise ArtifactError(f"content sha256 {artifact.digest} does not match the expected {expected_digest}")
         self.manifest = artifact.manifest

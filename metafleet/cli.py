@@ -49,7 +49,11 @@ def add_training_parsers(sub) -> None:
     train.add_argument("config", nargs="?", help="YAML config (optional with --resume: the run's own config)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set learner.inner_lr=0.05 (repeatable)")
-    train.add_argument("--resume", metavar="RUN_ID", help="continue an MLflow run from its last checkpoint")
+    train.add_argument("--resume", metavar="RUN_ID", help="continue an MLflow run from its last checkpoint (only one "
+                                                          "matching the sha256 the run recorded for it)")
+    train.add_argument("--allow-plugin", dest="allow_plugins", action="append", default=[], metavar="MODULE:OBJECT",
+                       help="with --resume and no CONFIG: import this plugin family or curriculum named in the run's "
+                            "stored config (repeatable); without it a stored plugin is refused, never imported")
 
     train.set_defaults(handler=cmd_train)
 
@@ -74,6 +78,8 @@ def add_training_parsers(sub) -> None:
 
 def cmd_train(args) -> int:
     from deploy.jobs import config_of_run, run_training
+    from deploy.manifest_config import UntrustedPlugin
+    from learner.checkpoint import CheckpointIntegrityError
     from learner.config import ConfigError, load_config
     from learner.interface import LearnerFailure
     from learner.stopping import Stopped
@@ -82,18 +88,21 @@ def cmd_train(args) -> int:
     from workers.ray_connect import RayConnectError, init_ray
     from workers.worker import EnvFailure
 
+    if args.allow_plugins and not (args.resume and not args.config):
+        return bad_input("--allow-plugin goes with --resume RUN_ID and no CONFIG (it allows a plugin of the run's "
+                         "stored config; the plugins of your own CONFIG need no permission)")
     try:
         if args.resume:
             if args.config:
                 cfg = load_config(args.config, args.overrides)
             else:
-                cfg = config_of_run(args.resume, args.overrides)
+                cfg = config_of_run(args.resume, args.overrides, allow_plugins=tuple(args.allow_plugins))
         elif not args.config:
             return bad_input("train needs a CONFIG file (or --resume RUN_ID)")
         else:
             cfg = load_config(args.config, args.overrides)
         check_tracking_uri(resolve_tracking_uri(cfg.tracking.tracking_uri))
-    except (ConfigError, TrackingError) as exc:
+    except (ConfigError, TrackingError, UntrustedPlugin) as exc:
         return bad_input(str(exc))
     except OSError as exc:  # an unreadable config path, or a file named by --set that cannot be read
         return bad_input(f"cannot read the config: {exc}")
@@ -108,7 +117,7 @@ def cmd_train(args) -> int:
         if cfg.workers.backend == "ray":
             init_ray()  # join RAY_ADDRESS before the MLflow run opens: a cluster that does not answer is bad input
         job = run_training(cfg, args.resume)
-    except RayConnectError as exc:
+    except (RayConnectError, CheckpointIntegrityError) as exc:  # a refused checkpoint: the run is left as it was
         return bad_input(str(exc))
     except Stopped as stop:
         print(f"fleet: {signal.Signals(stop.signum).name}: {stop}; checkpoint of iteration {stop.iteration} saved, "

@@ -44,6 +44,10 @@ def add_parsers(sub) -> None:
     run.add_argument("--video", metavar="PATH", help="write frames of a sim: robot to PATH (.gif, or .mp4 with "
                                                      "imageio-ffmpeg)")
     run.add_argument("--token-file", metavar="FILE", help=f"token for tcp:// robots (default: ${TOKEN_ENV})")
+    run.add_argument("--allow-plugin", dest="allow_plugins", action="append", default=[], metavar="MODULE:OBJECT",
+                     help="sim: robots: import the policy's plugin task family MODULE:OBJECT (must match its "
+                          "manifest); without it (or ?family= in --robot) a policy's plugin is refused, never "
+                          "imported")
     run.add_argument("--json", action="store_true", help="print JSON instead of text")
     run.set_defaults(handler=cmd_run)
 
@@ -107,21 +111,19 @@ def cmd_run(args) -> int:
 
 
 def _connect(args, runtime, task):
-    from deploy.connect import connect_robot, with_sim_defaults
+    from deploy.connect import connect_robot
     from deploy.wire import RobotAuthError
 
+    address = args.robot
     if args.robot.startswith("tcp://"):
         kw = {"token": _token(args.token_file, required=False) or None}
     else:
-        family = runtime.family  # the one family chosen (--task family=NAME, or the manifest's default)
-        if _names_plugin(family) and not _address_sets_family(args.robot):
-            raise BadInput(f"policy {args.policy_dir!r} names plugin task family {family!r}: `fleet run` never "
-                           "imports code named by a policy; name the family yourself in the address, e.g. "
-                           f"--robot '{args.robot}?family=MODULE:OBJECT'")
-        kw = {"family": family, "horizon": runtime.horizon or 50, "task": runtime.task, "render": bool(args.video)}
-    model = (runtime.manifest.get("robot") or {}).get("model")
+        _check_family(args, runtime.family)  # the one family chosen (--task family=NAME, or the manifest's default)
+        address = _sim_address(args, runtime.manifest)
+        kw = {"family": runtime.family, "horizon": runtime.horizon or 50, "task": runtime.task,
+              "render": bool(args.video)}
     try:
-        robot = connect_robot(with_sim_defaults(args.robot, model=model), **kw)
+        robot = connect_robot(address, **kw)
     except RobotAuthError as exc:
         raise BadInput(f"robot {args.robot} refused the connection: {exc}") from None
     except (ValueError, OSError) as exc:
@@ -132,6 +134,33 @@ def _connect(args, runtime, task):
         robot.close()
         raise BadInput(f"robot {args.robot} does not fit policy {args.policy_dir!r}: {exc}") from None
     return robot
+
+
+def _check_family(args, family) -> None:
+    """A plugin family is imported only if the operator names it: in the address or with ``--allow-plugin``
+    (which must match the policy's family: a typo must not pass silently)."""
+    stray = [name for name in args.allow_plugins if name != family]
+    if stray:
+        raise BadInput(f"--allow-plugin {stray[0]!r} is not the task family of policy {args.policy_dir!r} "
+                       f"({family!r}); allow exactly the policy's plugin family")
+    if _names_plugin(family) and not _address_sets_family(args.robot) and family not in args.allow_plugins:
+        raise BadInput(f"policy {args.policy_dir!r} names plugin task family {family!r}: `fleet run` never "
+                       "imports code named by a policy; name the family yourself in the address, e.g. "
+                       f"--robot '{args.robot}?family=MODULE:OBJECT', or pass --allow-plugin {family}")
+
+
+def _sim_address(args, manifest: dict) -> str:
+    """The operator's ``sim:`` address with the manifest's robot model as the default model: a parsed field,
+    re-encoded (:func:`deploy.connect.with_sim_defaults`), and only a known robot model."""
+    from deploy.connect import with_sim_defaults
+
+    robot = manifest.get("robot")
+    model = robot.get("model") if isinstance(robot, dict) else None
+    try:
+        return with_sim_defaults(args.robot, model=model)
+    except ValueError as exc:
+        raise BadInput(f"policy {args.policy_dir!r}: its manifest's robot.model: {exc} (a manifest names a robot "
+                       "model, nothing else; or set model= in --robot yourself)") from None
 
 
 def _names_plugin(family) -> bool:

@@ -201,6 +201,8 @@ def test_forged_or_loose_entries_are_skipped_with_a_warning_naming_each(bare, ca
 def test_with_a_history_key_every_entry_is_signed_and_verify_names_a_forged_one(bare, capfd, monkeypatch):
     assert main(["history", "m", "--verify"]) == 2
     assert "METAFLEET_HISTORY_KEY" in capfd.readouterr().err
+    monkeypatch.setenv("METAFLEET_HISTORY_KEY", "short")
+    assert main(["history", "m"]) == 2 and "needs at least 16" in capfd.readouterr().err
     monkeypatch.setenv("METAFLEET_HISTORY_KEY", KEY)
     adapt(bare, "1")
     adapt(bare, "3")

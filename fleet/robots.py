@@ -274,3 +274,10 @@ def robot_vector(spec: RobotSpec, keys: Sequence[str]) -> tuple[float, ...]:
         else:
             values.append(getattr(spec, key) - 1.0)
     return tuple(float(v) for v in values)
+
+
+def same_body(a: RobotSpec, b: RobotSpec) -> bool:
+    """Whether two robots differ only in id and ``joint_gains``: the same simulated body, which an env built for
+    one can serve the other after :meth:`fleet.envs.sim.SimEnv.retarget` (no reload: a fleet of many robots that
+    differ only in their motors shares each worker's envs)."""
+    return dataclasses.replace(a, robot_id=b.robot_id, joint_gains=b.joint_gains) == b

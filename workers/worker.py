@@ -15,7 +15,7 @@ import gymnasium as gym
 import numpy as np
 
 from fleet.plugins import is_reference
-from fleet.robots import RobotSpec
+from fleet.robots import RobotSpec, same_body
 from fleet.tasks import Task, success_rule
 from policy import NumpyGaussianPolicy, PolicyWeights, make_policy
 from workers.batch import Batch, SampleRequest
@@ -153,7 +153,9 @@ class RolloutWorker:
     def _envs_for(self, task: Task, robot: RobotSpec, horizon: int, count: int) -> list[gym.Env]:
         family = task.family
         key = (family, robot, horizon)
-        envs = self._envs.pop(key, [])
+        envs = self._envs.pop(key, None)
+        if envs is None:
+            envs = self._retargeted(key)
         self._envs[key] = envs  # most recently used last
         while len(self._envs) > self.max_env_sets:  # a pybullet env holds ~40 MB: bound the cache
             for env in self._envs.pop(next(iter(self._envs))):
@@ -164,6 +166,19 @@ class RolloutWorker:
             if isinstance(env, ReportingEnv):
                 env.task = task
         return envs[:count]
+
+    def _retargeted(self, key: tuple) -> list[gym.Env]:
+        """The least recently used cached group of the same family, horizon and body as `key`'s robot, turned into
+        that robot in place (`SimEnv.retarget`: robots that differ only in their joint gains share envs instead
+        of each rebuilding a pybullet world); empty when there is none."""
+        family, robot, horizon = key
+        for other in list(self._envs):
+            if other[0] == family and other[2] == horizon and same_body(other[1], robot):
+                envs = self._envs[other]
+                if all(getattr(env, "retarget", None) is not None and env.retarget(robot) for env in envs):
+                    del self._envs[other]
+                    return envs
+        return []
 
     def _make_env(self, task: Task, robot: RobotSpec, horizon: int) -> gym.Env | ReportingEnv:
         """A new env; a plugin family's comes wrapped so that its failures name the family and the task."""

@@ -210,9 +210,18 @@ class ArmEnv(SimEnv):
         self._forces = [urdf_max_force[j] * spec.motor_strength for j in self._joints]
         self._held_forces = [urdf_max_force[j] * spec.motor_strength for j in self._held]
         self._gains = [POSITION_GAIN] * len(self._joints)
-        # Joint mode's rad per unit action, per joint: the robot's joint gains folded into max_joint_delta, so
-        # applying them costs no more than the plain scale did.
+        self._apply_gains(spec)
+
+    def _apply_gains(self, spec: RobotSpec) -> None:
+        """Joint mode's rad per unit action, per joint: the robot's joint gains folded into max_joint_delta, so
+        applying them costs no more than the plain scale did (also :meth:`retarget`)."""
         self._joint_step = np.asarray(spec.gains, dtype=np.float64) * self.max_joint_delta
+
+    def retarget(self, robot: RobotSpec) -> bool:
+        """:meth:`SimEnv.retarget`, refused for joint gains in ee mode (IK bypasses them)."""
+        if self.action_mode == "ee" and robot.joint_gains:
+            return False
+        return super().retarget(robot)
 
     def _set_joints(self, positions: list[float]) -> None:
         """Teleport the joints (zero velocity) and hold them, and the held joints, with the motors."""

@@ -149,6 +149,7 @@ class LocomotionEnv(SimEnv):
         self._home = np.asarray(self._model.home, dtype=np.float64)
         self._connect_and_load()
         self._define_spaces()
+        self._loaded_state = self._bullet.saveState()  # before settling: retarget() settles a new robot from here
         self._settle()
         self._home_state = self._bullet.saveState()  # after settling: every episode starts standing
         self._params: dict[str, Any] = {}
@@ -204,12 +205,17 @@ class LocomotionEnv(SimEnv):
             client.changeDynamics(self._body, joint, maxJointVelocity=JOINT_SPEED_CLAMP)
             client.changeDynamics(self._body, joint,
                                   jointDamping=damping + spec.joint_damping * self._model.damping_scale)
+        self._gains = [POSITION_GAIN] * len(self._joints)
+        self._apply_gains(spec)
+
+    def _apply_gains(self, spec: RobotSpec) -> None:
+        """Motor forces and the per-joint action gain from the robot's joint gains (also :meth:`retarget`; the
+        next reset re-applies the task, which starts from these forces)."""
         gains = spec.gains
         # A failed motor (gain 0) exerts no force: limp, not held at home by a still-working position loop.
         self._robot_forces = [force * spec.motor_strength * (gain != 0.0)
                               for force, gain in zip(self._file_forces, gains, strict=True)]
         self._forces = list(self._robot_forces)
-        self._gains = [POSITION_GAIN] * len(self._joints)
         # None for the nominal robot: its step then skips the multiply entirely.
         self._action_gain = np.asarray(gains, dtype=np.float64) if spec.joint_gains else None
 
@@ -234,6 +240,17 @@ class LocomotionEnv(SimEnv):
         for name, size in names.items():
             self.obs_slices[name] = slice(start, start + size)
             start += size
+
+    def retarget(self, robot: RobotSpec) -> bool:
+        """:meth:`SimEnv.retarget`, then the new robot settles from the loaded state, as a new env's does (a failed
+        motor stands differently), and that is where its episodes start."""
+        if not super().retarget(robot):
+            return False
+        self._bullet.restoreState(self._loaded_state)
+        self._settle()
+        self._bullet.removeState(self._home_state)
+        self._home_state = self._bullet.saveState()
+        return True
 
     def _settle(self) -> None:
         """Put the joints at home and let the robot stand on them for ``settle_steps`` physics steps."""

@@ -21,7 +21,7 @@ with quiet_stdout():
     import pybullet_data
     from pybullet_utils import bullet_client
 
-from fleet.robots import RobotSpec
+from fleet.robots import RobotSpec, same_body
 
 GRAVITY = -9.81
 
@@ -53,6 +53,16 @@ class SimEnv(gymnasium.Env):
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.horizon, self.render_mode, self.render_size = horizon, render_mode, render_size
+
+    def retarget(self, robot: RobotSpec) -> bool:
+        """Become ``robot`` in place when it differs from this env's robot only in id and ``joint_gains`` (they act
+        on the action, not on the loaded body: :func:`fleet.robots.same_body`); False (nothing changed) otherwise
+        or for an env whose gains are not its own to set. The next ``reset`` starts from the new robot."""
+        if not same_body(self.robot, robot) or not hasattr(self, "_apply_gains"):
+            return False
+        self.robot = robot
+        self._apply_gains(robot)
+        return True
 
     def _connect(self, dt: float, **engine: Any) -> None:
         """Start the private physics client (gravity, step ``dt``, ``engine`` parameters) and load the floor."""

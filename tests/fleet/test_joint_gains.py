@@ -273,3 +273,37 @@ def test_probe_oracle_reaches_with_a_reversed_joint_the_agnostic_does_not():
     robot = RobotSpec(robot_id="flipped", joint_gains=(-1.0, -1.0, 1.0, 1.0, 1.0, 1.0, 1.0))
     row = probe.probe_robot("robot_reach", robot, [[0.7, 0.15, 0.35]], horizon=50)
     assert row["oracle"]["success"] == 1.0 and row["agnostic"]["success"] == 0.0
+
+
+def test_retarget_turns_an_env_into_another_robot_of_the_same_body_exactly():
+    """A worker serves many robots that differ only in their motors with one env: after retarget the env behaves
+    bit for bit as one built for the new robot; a robot of another body is refused (nothing changes)."""
+    import fleet
+    from fleet.robots import RobotSpec, same_body
+
+    a = RobotSpec(robot_id="a", joint_gains=(1.0, -0.5, 1.0, 0.0, 1.0, 1.0, 0.7))
+    b = RobotSpec(robot_id="b", joint_gains=(-1.0, 0.8, 1.0, 1.0, 0.6, -1.0, 1.0))
+    heavy = RobotSpec(robot_id="h", link_mass_scale=1.3)
+    assert same_body(a, b) and not same_body(a, heavy)
+    task = {"goal": [0.6, 0.1, 0.35]}
+    for family in ("robot_reach", "robot_run"):
+        model = "kuka_iiwa" if family == "robot_reach" else "half_cheetah"
+        n = 7 if model == "kuka_iiwa" else 6
+        a2, b2 = (RobotSpec(robot_id=r.robot_id, model=model, joint_gains=r.joint_gains[:n]) for r in (a, b))
+        reused, fresh = fleet.make_env(family, a2, 20), fleet.make_env(family, b2, 20)
+        params = task if family == "robot_reach" else {"variant": 0.5}
+        reused.reset(seed=1, options={"task": params})
+        for _ in range(5):  # an env that has served its first robot
+            reused.step(np.ones(reused.action_space.shape))
+        assert reused.retarget(b2) and reused.robot == b2
+        assert not reused.retarget(RobotSpec(robot_id="h", model=model, link_mass_scale=1.3))
+        runs = []
+        for env in (reused, fresh):
+            obs, _ = env.reset(seed=3, options={"task": params})
+            rng = np.random.default_rng(0)
+            trace = [obs]
+            for _ in range(10):
+                trace.append(env.step(rng.uniform(-1, 1, env.action_space.shape))[0])
+            runs.append(np.stack(trace))
+            env.close()
+        np.testing.assert_array_equal(runs[0], runs[1])

@@ -39,8 +39,10 @@ def oracle_config(run: LearnerConfig) -> LearnerConfig:
 
 
 def agnostic_config(run: LearnerConfig) -> LearnerConfig:
-    """MT-PPO told nothing (task-agnostic), with the run's network size, PPO settings and device."""
-    return LearnerConfig(algorithm="mtppo", conditioning="none", outer_lr=1e-3, **{k: getattr(run, k) for k in KEEP})
+    """MT-PPO told nothing (task-agnostic), with the run's network size, PPO settings (step size included) and
+    device: the method and this yardstick differ only in what they are told."""
+    return LearnerConfig(algorithm="mtppo", conditioning="none", outer_lr=run.outer_lr,
+                         **{k: getattr(run, k) for k in KEEP})
 
 
 def train_oracle(trainer, env_steps: int) -> Learner:

@@ -1,0 +1,105 @@
+"""The robot-adaptation exams: does knowing the robot help, and does RMA recover it from the robot's own steps?
+
+Each exam (`EXAMS`: a config whose held-out robots differ from the training fleet in hidden motor gains) is trained
+with its learner and yardsticks in one `fleet train` run per seed; the held-out table of every run (RMA, the oracle
+told the robot's parameters, the robot-agnostic MT-PPO over the same fleet, from-scratch) goes to
+results/robot-exams.json with each held-out task's robot id, so `benchmarks/report.py` can render the exam table,
+the validity rule (oracle - robot-agnostic) and the worst held-out robots' own rows.
+
+    python benchmarks/robot_exams.py --exams arm --seeds 0 1 2
+    python benchmarks/robot_exams.py --exams cheetah --seeds 0 --merge     # add to the same file
+
+The JSON is rewritten after every run (a crash keeps the finished ones).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from benchmarks import provenance
+from learner.builder import fleet_of
+from learner.config import load_config
+from learner.trainer import train
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMS = {"arm": "configs/robots-arm.yaml", "cheetah": "configs/robots-cheetah.yaml"}
+OUT = ROOT / "results" / "robot-exams.json"
+
+
+def figures(result) -> dict:
+    """Per-task returns and successes per round of an EvalResult, JSON keys."""
+    return {"returns": {str(k): v for k, v in result.returns.items()},
+            "successes": {str(k): v for k, v in result.successes.items()}}
+
+
+def held_out_robots(cfg, count: int) -> list[str]:
+    """The robot id of each held-out task, as the trainer pairs them (fleet.eval_robots or every test robot)."""
+    named = cfg.fleet.eval_robots
+    if named:
+        return [named[i % len(named)] for i in range(count)]
+    return [r.robot_id for r in fleet_of(cfg).eval_robots(count)]
+
+
+def run_one(exam: str, seed: int, extra: list[str], prov: dict) -> dict:
+    """Train one exam at one seed; its record: every model's per-task figures, robots, budget, time, provenance."""
+    overrides = [f"train.seed={seed}", *extra]
+    cfg = load_config(ROOT / EXAMS[exam], overrides)
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    started = time.perf_counter()
+    result = train(cfg)
+    result.tracker.close()
+    final = result.final_eval
+    models = {cfg.learner.algorithm: figures(final), **{n: figures(r) for n, r in result.baselines.items()}}
+    machine = prov["machine"]
+    return {"exam": exam, "seed": seed, "config": EXAMS[exam], "overrides": overrides,
+            "method": cfg.learner.algorithm, "family": cfg.fleet.family, "steps": list(final.steps),
+            "task_ids": list(final.task_ids), "robots": held_out_robots(cfg, len(final.task_ids)), "models": models,
+            "env_steps": result.env_steps, "iterations": result.iterations,
+            "train_seconds": round(result.wall_seconds, 1), "wall_seconds": round(time.perf_counter() - started, 1),
+            "provenance": {"command": prov["command"], "commit": prov["commit"], "date": date,
+                           "load_average_start": prov["load_average_start"],
+                           "machine": {"cpu_count": machine["cpu_count"], "cpu_model": machine["cpu_model"],
+                                       "cuda_device": provenance.cuda_device()}}}
+
+
+def load(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return list(json.loads(path.read_text()).get("runs", []))
+
+
+def save(path: Path, runs: list[dict], prov: dict) -> None:
+    """All runs, sorted, with this invocation's provenance on top (each run keeps its own)."""
+    runs = sorted(runs, key=lambda r: (r["exam"], r["seed"]))
+    provenance.write(path, {"format": "robot-exams", "runs": runs}, prov)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--exams", nargs="+", choices=sorted(EXAMS), default=sorted(EXAMS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every run (e.g. train.iterations=40)")
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--merge", action="store_true", help="keep the file's other runs (same exam+seed replaced)")
+    args = parser.parse_args(argv)
+    prov = provenance.start("robot_exams.py", argv)
+    runs = load(args.out) if args.merge else []
+    for exam in args.exams:
+        for seed in args.seeds:
+            record = run_one(exam, seed, args.overrides, prov)
+            runs = [r for r in runs if (r["exam"], r["seed"]) != (exam, seed)] + [record]
+            save(args.out, runs, prov)
+            print(f"robot_exams: {exam} seed {seed} done in {record['wall_seconds']:.0f}s -> {args.out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -8,7 +8,11 @@ the runtime, the safety layer, the wire format and the bridge never import it; o
 from __future__ import annotations
 
 import numpy as np
-import pybullet
+
+from fleet.envs.quiet import quiet_stdout
+
+with quiet_stdout():  # pybullet's C-level build banner
+    import pybullet
 
 import fleet
 from deploy.robot import Step

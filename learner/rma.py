@@ -8,6 +8,7 @@ robot's vector from `fleet.robots.robot_vector`, carried by each request as its 
 
     L_PPO(theta, mu) = -E[min(rho A, clip(rho, 1 - eps, 1 + eps) A)],  rho = pi(a | o, mu(e)) / pi_old(a | o, mu(e))
 
+The last `learner.rma.warmup` phase-1 iterations also fit psi on the privileged policy's own steps (a warm start).
 Phase 2 (from `adapt_from` on): pi and mu are frozen (the observation normalisation too) and the adaptation
 module psi reads the last K = `learner.rma.history` entries [normalised obs, action] and the current obs; it is
 regressed onto the encoder's latent on the robot's own on-policy data, collected while acting with psi's own
@@ -36,12 +37,12 @@ from fleet.robots import robot_param_dim
 from fleet.tasks import Task
 from learner.adaptation import Params, TaskData, batched, log_prob
 from learner.base import MetaLearner
-from learner.belief import EvaluationOnly
 from learner.conditioning import conditioned_spec
 from learner.config import LearnerConfig
 from learner.evaluation import ORACLE
 from learner.interface import Collect, Learner, Plan
 from learner.losses import masked_mean, ppo_clip_loss
+from learner.published import EvaluationOnly
 from policy import PolicySpec, PolicyWeights
 from policy.spec import OBS_CLIP
 from workers.batch import Batch
@@ -91,6 +92,7 @@ class RMALearner(MetaLearner):
                                self.rma.latent).to(self.device)
         self.adapter_optimizer = torch.optim.Adam(self.adapter.parameters(), lr=self.rma.adapt_lr)
         self.phase2 = False  # set by collect(): which phase this iteration's data is for
+        self.warming = False  # set by collect(): a phase-1 iteration whose data also warms psi up
         self.adapter_loss = float("nan")
         self.windows: list[torch.Tensor] = []  # phase 2's regression data so far: psi's inputs, mu(e) targets
 
@@ -115,6 +117,7 @@ class RMALearner(MetaLearner):
         """MT-PPO's two phases; every request carries its robot's vector e (phase 1 acts on mu(e); phase 2 acts
         on psi's estimate and keeps e only as the regression target)."""
         self.phase2 = iteration >= self.rma.adapt_from
+        self.warming = not self.phase2 and iteration >= self.rma.adapt_from - self.rma.warmup
         yield from super().collect(tasks, iteration, episodes)
 
     def weights_for(self, tasks: Sequence[Task], version: str) -> list[PolicyWeights]:
@@ -134,13 +137,17 @@ class RMALearner(MetaLearner):
         batches = [*support, *query]
         if not self.phase2:
             terms = batched(self.ppo_terms, per_task_params=False)
-            return self.ppo_update(self.prepare(batches), lambda minibatch: terms(self.params(), minibatch))
+            metrics = self.ppo_update(self.prepare(batches), lambda minibatch: terms(self.params(), minibatch))
+            if self.warming:  # psi starts from the privileged policy's own steps (its normaliser moves little now)
+                metrics["adapter_loss"] = self.adapter_loss = self.fit_adapter(batches)
+            return metrics
         self.adapter_loss = self.fit_adapter(batches)
         return {"adapter_loss": self.adapter_loss}
 
     def observe(self, batches: Sequence[Batch]) -> None:
-        """The normalisation is frozen in phase 2: the base policy and psi's inputs must not drift under it."""
-        if not self.phase2:
+        """The normalisation is frozen from the warm-up on: psi's stored inputs and the base policy must not drift
+        under it."""
+        if not (self.phase2 or self.warming):
             super().observe(batches)
 
     def regression_data(self, batches: Sequence[Batch]) -> tuple[torch.Tensor, torch.Tensor]:

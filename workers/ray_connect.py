@@ -67,6 +67,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, logging_level=logging.WARNING)
         return
     loopback_only()
+    # Token auth stays on (Ray 2.60's default for a local cluster, tested in tests/integration/test_ray_token.py);
+    # its "Token authentication is enabled ... Set RAY_AUTH_MODE=disabled to opt out" notice is a WARNING on every
+    # run that would teach users to turn it off: keep that one logger to errors.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     ray.init(
         address="local",  # a new instance, even if another Ray runs on this machine (else ray.init joins it)
         num_cpus=num_cpus,

@@ -1,8 +1,9 @@
 """Every policy kind on RobotRuntime and in PolicyModel, without training: hand-built numpy weights.
 
-Fast checks of what the runtime must reproduce from training: the RL^2 trial (state, previous action and
-reward, done flag) exactly as workers.recurrent.rollout_trials drives it, the task vector of a conditioned
-policy, PEARL's posterior, a mixture's family, and any recurrent-style policy through the generic interface.
+Fast checks of what the runtime must reproduce from training: the RL^2 trial and the RMA history (state, previous
+action and reward, done flag) exactly as workers.recurrent.rollout_trials drives them, the task vector of a
+conditioned policy, PEARL's posterior, a mixture's family, and any recurrent-style policy through the generic
+interface. RMA's on-robot adaptation and fixed-latent version: tests/deploy/test_runtime_rma.py.
 """
 
 import json
@@ -32,6 +33,8 @@ def artifact(spec: PolicySpec, seed: int = 0, **manifest) -> PolicyArtifact:
     rng = np.random.default_rng(seed)
     arrays = {k: rng.normal(0, 0.5, shape).astype(np.float32) for k, shape in spec.weight_shapes().items()}
     arrays["obs_mean"], arrays["obs_std"] = np.zeros(spec.obs_dim, np.float32), np.ones(spec.obs_dim, np.float32)
+    if spec.kind == "rma":
+        arrays["rma.mode"] = np.ones(1, np.float32)  # adaptive (z from the robot's own history): what is published
     fleet = {"family": "point", "horizon": 6, **manifest.pop("fleet", {})}
     return PolicyArtifact.build(PolicyWeights(spec, arrays, "t"), spaces=SPACES, fleet=fleet, **manifest)
 
@@ -67,8 +70,14 @@ class PointRobot:
         pass
 
 
-def test_rl2_trial_on_the_runtime_is_the_training_rollout(tmp_path):
-    art = artifact(PolicySpec(2, 2, (8,), kind="gru"), learner={"trial_episodes": 3})
+RMA = PolicySpec(2, 2, (16,), conditioning="film", context_dim=3, kind="rma", model_sizes=(8,), privileged_dim=4,
+                 history=3, encoder_sizes=(4,))
+RECURRENT = {"rl2": PolicySpec(2, 2, (8,), kind="gru"), "rma": RMA}
+
+
+@pytest.mark.parametrize("kind", list(RECURRENT))
+def test_a_recurrent_trial_on_the_runtime_is_the_training_rollout(tmp_path, kind):
+    art = artifact(RECURRENT[kind], learner={"trial_episodes": 3})
     runtime = RobotRuntime(saved(tmp_path, art), NO_RATE)
     assert runtime.trial_episodes == 3  # the manifest's
     task, seed = {"goal": [0.3, -0.2]}, 11
@@ -155,7 +164,9 @@ def test_conditioned_policy_acts_on_the_training_task_vector(tmp_path, mode, enc
                                    atol=1e-6)
         model = PolicyModel.from_artifact(PolicyArtifact.load(path))
         served = model.predict(None, {"obs": [obs.tolist()], "task": [json.dumps(task.params)]})
-        np.testing.assert_allclose(served["action"][0], runtime.policy.mean(obs[None], vector)[0], atol=1e-6)
+        # served actions come back within the action bounds (the safety layer's clip; docs/security.md)
+        np.testing.assert_allclose(served["action"][0], np.clip(runtime.policy.mean(obs[None], vector)[0], -1, 1),
+                                   atol=1e-6)
     assert runtime.driver.task_held_out  # the last one
 
 
@@ -203,9 +214,9 @@ def test_pearl_adapts_on_the_robot_with_the_numpy_posterior(tmp_path):
         RobotRuntime(saved(tmp_path, artifact(PolicySpec(2, 2, (16,))))).adapt(robot, 1)
 
 
-def test_serving_carries_a_recurrent_state_in_and_out(tmp_path):
-    spec = PolicySpec(2, 2, (8,), kind="gru")
-    path = saved(tmp_path, artifact(spec, learner={"trial_episodes": 2}))
+@pytest.mark.parametrize("kind", list(RECURRENT))
+def test_serving_carries_a_recurrent_state_in_and_out(tmp_path, kind):
+    path = saved(tmp_path, artifact(RECURRENT[kind], learner={"trial_episodes": 2}))
     model = PolicyModel.from_artifact(PolicyArtifact.load(path))
     runtime, robot = RobotRuntime(path, NO_RATE), PointRobot()
     runtime.run_episode(robot, seed=1)
@@ -247,17 +258,19 @@ specs = {"gru": (PolicySpec(2, 2, (8,), kind="gru"), {}),
          "sac": (PolicySpec(2, 2, (8,), "relu", "sac", "concat", 2), {}),
          "belief": (PolicySpec(2, 2, (8,), kind="belief", conditioning="concat", context_dim=2, model_sizes=(4,)), {}),
          "film": (PolicySpec(2, 2, (8,), conditioning="film", context_dim=3),
-                  {"conditioning": {"mode": "film", "encoding": "onehot", "train_tasks": train}})}
+                  {"conditioning": {"mode": "film", "encoding": "onehot", "train_tasks": train}}),
+         "rma": (PolicySpec(2, 2, (8,), kind="rma", conditioning="film", context_dim=2, model_sizes=(4,),
+                            privileged_dim=3, history=2, encoder_sizes=(4,)), {})}
 for name, (spec, extra) in specs.items():
     arrays = {k: np.full(s, 0.1, np.float32) for k, s in spec.weight_shapes().items()}
     arrays.update({"belief.low": -np.ones(2, np.float32), "belief.settings": np.asarray([16, 1, 1.0, 0.1], np.float32)}
-                  if name == "belief" else {})
+                  if name == "belief" else {"rma.mode": np.ones(1, np.float32)} if name == "rma" else {})
     directory = tempfile.mkdtemp()
     PolicyArtifact.build(PolicyWeights(spec, arrays), spaces=spaces, fleet={"family": "point", "horizon": 4},
                          **extra).save(directory)
     runtime = RobotRuntime(directory)
     runtime.run_episode(Robot(), task={"goal": [1, -1]}, seed=0)
-    if name in ("sac", "belief"):
+    if name in ("sac", "belief", "rma"):
         runtime.adapt(Robot(), 2, seed=0)
 forbidden = ("torch", "ray", "mlflow", "pybullet", "gymnasium", "learner", "workers", "fleet", "yaml", "pandas")
 print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in forbidden)))
@@ -355,7 +368,7 @@ def test_a_belief_state_round_trips_through_arrays_and_stateless_serving(tmp_pat
 
 
 def test_a_belief_policy_adapts_on_the_robot_and_registers_its_actor_with_a_fixed_task_vector(tmp_path):
-    from deploy.adapt import fixed_actor
+    from deploy.adapt_context import fixed_actor
 
     path = belief_path(tmp_path)
     runtime, robot = RobotRuntime(path, NO_RATE), ConstantRewardRobot()

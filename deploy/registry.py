@@ -33,7 +33,7 @@ class ResolvedModel:
     source: str
     name: str | None = None
     version: str | None = None
-    sha256: str | None = None  # the version's content_sha256 tag (None for runs:/ and directories)
+    sha256: str | None = None  # the registry's content_sha256 tag (runs:/: its version's; None: a directory)
     tags: dict | None = None
     weights_sha256: str | None = None  # the version's weights_sha256 tag
 
@@ -105,21 +105,29 @@ class Registry:
         raise RegistryError(f"{uri!r}: no such directory; expected a policy directory, "
                             "models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/policy")
 
-    def _registered_digest(self, uri: str) -> str | None:
-        """The ``content_sha256`` tag of a registered version made from the ``runs:/ID/PATH`` files, if any: a
-        run's files carry no tag of their own, but the version registered from them does."""
+    def _registered_digest(self, uri: str) -> str:
+        """The ``content_sha256`` tag of a registered version made from the ``runs:/ID/PATH`` files: a run's files
+        carry no digest the artifact store could not rewrite with them (training records none on the run), the
+        version registered from them does. No such version, or a failed lookup, is refused: never loaded on the
+        manifest's own digest, which only says the files agree with themselves."""
         run_id, _, path = uri[len("runs:/"):].partition("/")
         if not RUN_ID.match(run_id) or not path:
             raise RegistryError(f"{uri!r} is not a run URI; expected runs:/RUN_ID/PATH")
         try:
             versions = self.client.search_model_versions(f"run_id = '{run_id}'")
-        except MlflowException:
-            return None
+        except MlflowException as exc:  # chained: the CLI names the server that failed (registry_errors.explain)
+            raise RegistryError(f"{uri}: the registered version of these files cannot be looked up, so they cannot "
+                                f"be verified: {_short(exc)}") from exc
         matching = [mv for mv in versions if mv.source.rstrip("/").endswith("/" + path.strip("/"))]
         for mv in matching:
             if mv.tags.get("content_sha256"):
                 return mv.tags["content_sha256"]
-        return _version_digest(uri, matching[0]) if matching else None  # registered, untagged: refused
+        if matching:
+            return _version_digest(uri, matching[0])  # registered, untagged: refused
+        raise RegistryError(f"{uri}: no registered version was made from these files, so nothing vouches for them "
+                            "(the manifest's own digest only says they agree with themselves); register them "
+                            "(`fleet train` does, or Registry.publish) and use models:/NAME/VERSION, moving the alias "
+                            "to it with `fleet promote`")
 
     def download(self, resolved: ResolvedModel, dst: str | Path | None = None) -> Path:
         if Path(resolved.source).is_dir():

@@ -7,11 +7,12 @@ Guarantees (for every action ``filter`` returns):
 - with ``max_action_rate`` set, no entry differs from the previous returned action by more than that
   (after ``reset`` and after a safe stop has reached the hold, motion ramps up from the hold);
 - a non-finite observation or proposal is a safe stop, and the policy's proposal for a non-finite observation
-  is never used. A safe stop brings each entry from the last sent action to the safe action (zeros): at once
-  with ``stop_ramp_s = 0`` (the default: right for delta action spaces, where zero already holds, and the one
-  step exempt from the rate limit), or, with ``stop_ramp_s > 0``, in equal per-entry steps over that time and
-  never faster than ``max_action_rate`` -- for absolute action spaces (a legged robot's joint targets), where
-  zero is the home pose and a jump to it is a snap.
+  is never used. A safe stop brings each entry from the last sent action to the safe action (zeros) in equal
+  per-entry steps over ``stop_ramp_s`` (default 0.5 s: 10 control steps of 0.05 s) and never faster than
+  ``max_action_rate``. The ramp is the default because zero is not a hold in every action space: for a legged
+  robot's absolute joint targets it is the home pose, and a jump there is a snap. ``stop_ramp_s = 0`` is the
+  explicit opt-out: the stop at once (the one step exempt from the rate limit), for delta action spaces (reach,
+  push), where zero already holds.
 
 It does *not* check collisions, workspace, joint or force limits beyond the action bounds, nor watch the
 robot's own controller: those stay the robot's job (see docs/robots.md).
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 SAFE_ACTIONS = ("zero",)
+DEFAULT_STOP_RAMP_S = 0.5  # with the default control step, 10 steps from wherever the robot was to the hold
 
 
 class ObservationSchemaError(ValueError):
@@ -51,13 +53,15 @@ class SafetyConfig:
         safe_action: What a safe stop ends on. ``"zero"``: all zeros, which holds position for the
             delta action spaces of the fleet's families.
         stop_ramp_s: How long a safe stop takes to bring every entry from the last sent action to the safe
-            action, in seconds; 0 = at once. Set it for absolute action spaces (joint position targets).
-        control_period_s: One control step, in seconds: ``stop_ramp_s / control_period_s`` steps make a ramp.
+            action, in seconds (default :data:`DEFAULT_STOP_RAMP_S`); 0 = at once, an explicit opt-out for delta
+            action spaces only (on absolute joint targets, a stop at once snaps to the home pose).
+        control_period_s: One control step, in seconds: ``stop_ramp_s / control_period_s`` steps make a ramp
+            (0.05 s: the half-cheetah's step; set the robot's own, e.g. 1/30 s for the A1, 1/60 s for the arms).
     """
 
     max_action_rate: float | None = 0.5
     safe_action: str = "zero"
-    stop_ramp_s: float = 0.0
+    stop_ramp_s: float = DEFAULT_STOP_RAMP_S
     control_period_s: float = 0.05
 
     def __post_init__(self) -> None:

@@ -18,6 +18,7 @@ import sys
 from metafleet import fleet_commands, registry_commands, robot_commands
 from metafleet.args import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, bad_input, error
 from metafleet.registry_commands import add_plugin_args
+from metafleet.registry_errors import explain, registry_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,8 +69,8 @@ def add_training_parsers(sub) -> None:
     ev.add_argument("--seed", type=int, default=0, help="evaluation seed")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_plugin_args(ev)  # a manifest's plugin family is imported only if the user names it
-
-    ev.set_defaults(handler=cmd_eval)
+    # it resolves and downloads from the registry as pull does: the same bounded waits and clean exit 2
+    ev.set_defaults(handler=registry_command(cmd_eval))
 
     tasks = sub.add_parser("tasks", help="list task families and robots")
     tasks.add_argument("--json", action="store_true", help="print JSON")
@@ -188,7 +189,7 @@ def cmd_eval(args) -> int:
         result = evaluate_model(args.model_uri, args.split, steps, args.episodes, args.tasks,
                                 args.backend, args.workers, args.seed, tuple(args.allow_plugins), args.plugin_config)
     except (RegistryError, ArtifactError, ConfigError, RayConnectError) as exc:
-        return bad_input(str(exc))
+        return bad_input(explain(exc))  # a lookup the server failed names the server, not MLflow's text
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:

@@ -1,7 +1,7 @@
 """What every registry command shares: bounded waits on the registry, and one clean message when it fails.
 
-``registry_command(handler)`` wraps adapt, promote, pull, history, rollback and status. Before the command runs
-it bounds every MLflow HTTP call the way the Tracker does (``learner.tracking.HTTP_LIMITS``: 20 s a request, 2
+``registry_command(handler)`` wraps adapt, eval, promote, pull, history, rollback and status. Before the command
+runs it bounds every MLflow HTTP call the way the Tracker does (``learner.tracking.HTTP_LIMITS``: 20 s a request, 2
 retries, backoff factor 1 -- at most about a minute per call, where MLflow's own defaults wait 120 s x 7
 retries; values already set in the environment win). A registry that does not answer, refuses the credentials
 or fails then exits 2 with ``fleet: error: registry URI ...`` naming the server (never its password) and the

@@ -37,16 +37,20 @@ def test_rate_limits_relative_to_previous_action_and_ramps_from_hold_after_reset
     assert safety.counters["rate_limited"] == 3
 
 
-def test_nan_observation_is_a_safe_stop():
+def test_nan_observation_is_a_safe_stop_that_ramps_to_the_hold():
     safety = layer()
     safety.filter(OBS, np.array([0.4, 0.4, 0.4]))
     obs = OBS.copy()
     obs[2] = np.nan
     action, info = safety.filter(obs, np.array([0.5, 0.5, 0.5]))
-    np.testing.assert_array_equal(action, np.zeros(3))
+    np.testing.assert_allclose(action, [0.36] * 3, atol=1e-6)  # one step of the default 10-step (0.5 s) ramp
     assert info["safe_stop"] is True and "observation" in info["reason"]
     assert safety.counters["safe_stops"] == 1
-    after, _ = safety.filter(OBS, np.array([1.0, 1.0, 1.0]))  # motion ramps up again from the hold
+    after, _ = safety.filter(OBS, np.array([1.0, 1.0, 1.0]))  # motion resumes rate-limited from the ramp
+    np.testing.assert_allclose(after, [0.86] * 3, atol=1e-6)
+    safety.filter(obs, None)
+    assert len(safety.ramp_to_hold()) == 9 and safety.holding  # the rest of the ramp, then the hold
+    after, _ = safety.filter(OBS, np.array([1.0, 1.0, 1.0]))  # from the hold: ramps up again from zero
     np.testing.assert_allclose(after, [0.5, 0.5, 0.5])
 
 
@@ -109,8 +113,8 @@ def test_every_output_is_finite_bounded_and_rate_limited(steps, rate):
         action, info = safety.filter(obs, np.array(proposal, np.float32))
         assert action.shape == (3,) and action.dtype == np.float32
         assert np.isfinite(action).all() and (action >= LOW).all() and (action <= HIGH).all()
-        if info["safe_stop"]:
-            np.testing.assert_array_equal(action, np.zeros(3))
-        elif rate is not None:
+        if info["safe_stop"]:  # a step of the ramp: toward the hold, never past it
+            assert (np.abs(action) <= np.abs(previous)).all() and (action * previous >= 0).all()
+        if rate is not None:
             assert (np.abs(action - previous) <= np.float32(rate) + 1e-6).all()
         previous = action

@@ -1,7 +1,8 @@
-"""Every registry command bounds its waits and exits 2 with a message naming the server: against a real socket
-on 127.0.0.1 that accepts and never answers, and one that answers HTTP 401 (docs/security.md, "Bounded waits
-and clean errors"). The commands run in a child process, so a command that waits on MLflow's own defaults
-(minutes) fails this test at its timeout instead of hanging the suite."""
+"""Every registry command (and `fleet eval`, which loads from the registry) bounds its waits and exits 2 with a
+message naming the server: against a real socket on 127.0.0.1 that accepts and never answers, and one that
+answers HTTP 401 (docs/security.md, "Bounded waits and clean errors"). The commands run in a child process, so a
+command that waits on MLflow's own defaults (minutes) fails this test at its timeout instead of hanging the
+suite."""
 
 import http.server
 import json
@@ -21,18 +22,23 @@ COMMANDS = {
     "rollback": ["rollback", "reach", "--robot", "r1"],
     "status": ["status"],
     "history": ["history", "reach"],
+    "eval": ["eval", "models:/reach@production", "--backend", "local", "--workers", "1", "--episodes", "1",
+             "--tasks", "1", "--steps", "0"],
 }
 PASSWORD = "s3cret-pw"
 TIMEOUT_S = 1  # the bound under test, set where fleet sets it (learner.tracking.HTTP_LIMITS)
-# each command in the child: the bound once (no retries) plus the child's own work
+# each command in the child: the bound once (no retries) plus the child's own work. The bound a command set is
+# taken out of the environment before the next runs, so each command must set its own.
 CHILD = """
-import json, sys, time
+import json, os, sys, time
 from learner.tracking import HTTP_LIMITS
 HTTP_LIMITS.update(MLFLOW_HTTP_REQUEST_TIMEOUT="{timeout}", MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
                                MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="0")
 from metafleet.cli import main
 results = {{}}
 for name, argv in json.loads(sys.argv[1]).items():
+    for limit in HTTP_LIMITS:
+        os.environ.pop(limit, None)
     started = time.monotonic()
     code = main(argv)
     results[name] = {{"code": code, "seconds": time.monotonic() - started}}

@@ -245,6 +245,32 @@ def test_a_version_without_a_registry_digest_is_refused(store, untagged, tmp_pat
     assert not (tmp_path / "fresh").exists() and not (tmp_path / "fresh-run").exists()
 
 
+@pytest.fixture(scope="module")
+def unregistered(smoke_store) -> str:
+    """A run holding the files of models:/smoke/1 under `policy/` (its manifest's own digest intact) from which
+    no version was ever registered, as a run logged outside `Registry.publish` is; yields the run's id."""
+    uri, _ = smoke_store
+    client = MlflowClient(uri, uri)
+    smoke = client.get_model_version("smoke", "1")
+    run = client.create_run(client.get_run(smoke.run_id).info.experiment_id)
+    client.log_artifacts(run.info.run_id, smoke.source, "policy")
+    return run.info.run_id
+
+
+def test_a_run_artifact_no_version_vouches_for_is_refused(store, unregistered, tmp_path, capsys):
+    uri = f"runs:/{unregistered}/policy"
+    commands = {"pull": ["pull", uri, "--out", tmp_path / "fresh"], "eval": ["eval", uri, *EVAL],
+                "adapt": ["adapt", uri, "--robot", "sim:kuka-9", "--episodes", "1"]}
+    for name, argv in commands.items():
+        code, err = fleet(capsys, *argv)
+        assert code == 2 and "no registered version" in err and "fleet promote" in err, (name, err)
+        assert "Traceback" not in err
+    assert not (tmp_path / "fresh").exists()
+    smoke_run = MlflowClient(store, store).get_model_version("smoke", "1").run_id
+    code, err = fleet(capsys, "pull", f"runs:/{smoke_run}/policy", "--out", tmp_path / "registered")
+    assert code == 0, err  # the documented runs:/ID/policy of a registered version still pulls
+
+
 def reseal_widened(directory: Path) -> None:
     edit_manifest(directory, widen_action_bounds, reseal=True)
 

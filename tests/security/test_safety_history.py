@@ -74,8 +74,18 @@ def test_with_a_ramp_no_step_of_any_kind_outruns_the_rate_limit(steps, rate, ram
         previous = action
 
 
-def test_the_old_api_keeps_its_meaning_a_stop_at_once_without_a_ramp():
+def test_by_default_a_safe_stop_ramps_to_the_hold_instead_of_jumping_to_zero():
+    # SafetyConfig(): what the runtime, adapt and the bridge server get unless told otherwise
     safety = SafetyLayer((5,), -np.ones(3), np.ones(3))
+    for _ in range(2):  # rate-limited to 0.5 a step: at the proposal after two steps
+        safety.filter(OBS, np.array([0.8, -0.4, 0.0]))
+    ramp = [safety.filter(NAN_OBS, np.ones(3))[0] for _ in range(10)]  # 0.5 s at 0.05 s a step: 10 steps
+    np.testing.assert_allclose(ramp, np.outer(np.arange(9, -1, -1) / 10, [0.8, -0.4, 0.0]), atol=1e-6)
+    assert safety.holding and SafetyConfig().stop_ramp_s == 0.5
+
+
+def test_stop_ramp_s_0_is_the_explicit_opt_out_a_stop_at_once():
+    safety = SafetyLayer((5,), -np.ones(3), np.ones(3), SafetyConfig(stop_ramp_s=0))
     safety.filter(OBS, np.array([0.4, 0.4, 0.4]))
     np.testing.assert_array_equal(safety.filter(NAN_OBS, None)[0], np.zeros(3))
     with pytest.raises(ValueError, match="stop_ramp_s"):

@@ -7,6 +7,7 @@ only when one is opened.
 Usage::
 
     robot = connect_robot("sim:kuka-0?horizon=50")       # or "tcp://10.0.0.7:7000" (token from env)
+    robot = connect_robot("sim:kuka-new-3?fleet_file=configs/fleets/kuka-gains.yaml&family=robot_reach")
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from deploy.robot import Robot
 TOKEN_ENV = "METAFLEET_ROBOT_TOKEN"
 ADDRESS_FORMS = "'sim:<robot-id>[?family=reach&horizon=50]' or 'tcp://HOST:PORT'"
 SPEC_FLOAT_KEYS = ("link_mass_scale", "joint_damping", "motor_strength")
+FLEET_KEYS = ("fleet_file", "fleet_seed")  # a robot of a fleet spec file: only ever from the operator's address
 
 
 def connect_robot(address: str, **kw: Any) -> Robot:
@@ -32,6 +34,10 @@ def connect_robot(address: str, **kw: Any) -> Robot:
       ``RobotSpec.robot_id`` (model ``kuka_iiwa``); query keys: ``family``, ``horizon``, ``model``,
       ``link_mass_scale``, ``joint_damping``, ``motor_strength``. ``kw`` (family, horizon, task, render) are
       defaults the query overrides.
+    - ``sim:<robot-id>?fleet_file=PATH[&fleet_seed=N][&family=...&horizon=...]`` -> the robot of that fleet spec
+      file (:func:`fleet.fleetspec.load_fleet_file`, PATH relative to the working directory) called
+      ``<robot-id>``, held-out ones included, joint gains and all; the file names the whole robot, so ``model``
+      and the variation keys are refused beside it.
     - ``tcp://HOST:PORT`` -> :class:`deploy.bridge_client.RemoteRobot`; ``kw``: ``token`` (default: env
       ``METAFLEET_ROBOT_TOKEN``), ``timeout``.
 
@@ -58,19 +64,25 @@ def with_sim_defaults(address: str, **defaults: Any) -> str:
 
     The query is rebuilt from parsed ``(key, value)`` pairs and re-encoded, never spliced as text: a default
     holding ``&`` or ``=`` stays one value of its own key (a manifest must not set the family through its
-    robot model). A ``model`` default must name a known robot model (:data:`fleet.robots.ROBOT_MODELS`).
+    robot model). A ``model`` default must name a known robot model (:data:`fleet.robots.ROBOT_MODELS`), and is
+    left out where the address names a ``fleet_file`` (the file names the robot's model). A fleet file comes from
+    the operator's own address only: a ``fleet_file`` / ``fleet_seed`` default is refused.
 
     >>> with_sim_defaults("sim:c-1?horizon=20", family="velocity", model="half_cheetah")
     'sim:c-1?horizon=20&family=velocity&model=half_cheetah'
     """
     if not isinstance(address, str) or not address.startswith("sim:"):
         return address
+    if any(key in defaults for key in FLEET_KEYS):
+        raise ValueError(f"a fleet file comes from the robot address only, never as a default: {sorted(defaults)}")
     head, _, query = address.partition("?")
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
     except ValueError:
         return address  # a malformed query: `_parse_sim` refuses it, naming the expected form
     present = {key for key, _ in pairs}
+    if "fleet_file" in present:
+        present.add("model")  # the file's robot has its own model
     extra = {key: value for key, value in defaults.items() if key not in present and value is not None}
     if "model" in extra:
         _check_model(extra["model"])
@@ -94,7 +106,7 @@ def _parse_sim(address: str) -> dict[str, Any]:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
     except ValueError:
         raise ValueError(f"robot address {address!r}: query must be key=value pairs joined by '&'") from None
-    valid = ("family", "horizon", "model", *SPEC_FLOAT_KEYS)
+    valid = ("family", "horizon", "model", *SPEC_FLOAT_KEYS, *FLEET_KEYS)
     keys = [key for key, _ in pairs]
     unknown = sorted(set(keys) - set(valid))
     if unknown or len(set(keys)) != len(keys):
@@ -106,6 +118,9 @@ def _parse_sim(address: str) -> dict[str, Any]:
         out["family"] = options.pop("family")
     if "horizon" in options:
         out["horizon"] = _positive_int(address, "horizon", options.pop("horizon"))
+    if "fleet_file" in options or "fleet_seed" in options:
+        out["robot"] = _fleet_robot(address, robot_id, options)
+        return out
     if "model" in options:
         spec["model"] = options.pop("model")
     for key, text in options.items():
@@ -116,13 +131,45 @@ def _parse_sim(address: str) -> dict[str, Any]:
     return out
 
 
-def _positive_int(address: str, key: str, text: str) -> int:
+def _fleet_robot(address: str, robot_id: str, options: dict[str, str]):
+    """The robot ``robot_id`` of the address's ``fleet_file`` (seeded by ``fleet_seed``, default the file's seed);
+    a ValueError naming the id and listing the file's robots (held-out ones marked) when it holds no such robot."""
+    from fleet.fleetspec import load_fleet_file  # pure python; pybullet loads only with an env
+
+    path, seed = options.pop("fleet_file", None), options.pop("fleet_seed", None)
+    if not path:
+        raise ValueError(f"robot address {address!r}: fleet_seed goes with fleet_file=PATH (a fleet spec file)")
+    if options:  # the file names the whole robot: a second source of its model or variation would be ambiguous
+        raise ValueError(f"robot address {address!r}: fleet_file names the whole robot; drop "
+                         f"{', '.join(sorted(options))}")
+    fleet = load_fleet_file(path, None if seed is None else _positive_int(address, "fleet_seed", seed, minimum=0))
+    by_id = {robot.robot_id: robot for robot in fleet.robots}
+    if robot_id not in by_id:
+        listed = [r.robot_id for r in fleet.train] + [f"{r.robot_id} (held out)" for r in fleet.test]
+        raise ValueError(f"robot address {address!r}: fleet file {path!r} holds no robot {robot_id!r}; its robots: "
+                         f"{', '.join(listed)}")
+    return by_id[robot_id]
+
+
+def check_address(address: str) -> None:
+    """Parse ``address`` as :func:`connect_robot` would, opening nothing (a ``sim:`` fleet file is read): a bad
+    address fails before any episode starts."""
+    if isinstance(address, str) and address.startswith("sim:"):
+        _parse_sim(address)
+    elif isinstance(address, str) and address.startswith("tcp://"):
+        _parse_tcp(address)
+    else:
+        raise ValueError(f"unknown robot address {address!r}; expected {ADDRESS_FORMS}")
+
+
+def _positive_int(address: str, key: str, text: str, minimum: int = 1) -> int:
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"robot address {address!r}: {key} must be a positive integer, got {text!r}")
+        value = minimum - 1
+    if value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"robot address {address!r}: {key} must be {what}, got {text!r}")
     return value
 
 

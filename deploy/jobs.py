@@ -14,10 +14,11 @@ from deploy.history import move_alias
 from deploy.manifest_config import check_run_plugins, manifest_config
 from deploy.registry import Registry, git_commit, log_serving_model
 from fleet.tasks import family_weights
-from learner.builder import make_learner, robot_of, task_distribution
+from learner.builder import held_out_robots, make_learner, robot_of, task_distribution
 from learner.conditioning import conditioning_manifest
 from learner.config import Config, ConfigError, load_config
 from learner.evaluation import EvalProtocol, EvalResult, evaluate
+from learner.published import published_learner
 from learner.trainer import TrainResult, train
 from policy import OBS_CLIP
 from policy.artifact import PolicyArtifact
@@ -131,7 +132,12 @@ def config_of_run(run_id: str, overrides: list[str], tracking_uri: str | None = 
 def evaluate_model(uri: str, split: str = "test", steps: tuple[int, ...] = (0, 1, 2, 3), episodes: int = 10,
                    num_tasks: int = 10, backend: str = "ray", num_workers: int = 2, seed: int = 0,
                    allow_plugins: tuple[str, ...] = (), plugin_config: str | None = None) -> EvalResult:
-    """Meta-evaluate a registered (or local) policy on its family's held-out tasks.
+    """Meta-evaluate a registered (or local) policy on its family's held-out tasks, on the robots training's
+    held-out evaluation uses (:func:`learner.builder.held_out_robots`: the fleet's held-out robots, ``split:
+    test``, in turn; the one robot of a one-robot fleet); training tasks (``split="train"``) on the first
+    training robot, as training's per-task evaluation. An in-context kind (belief, RMA) is evaluated from its
+    numpy weights as its learner evaluates it (:func:`learner.published.published_learner`); the other kinds by
+    their learner rebuilt around the weights.
 
     The artifact is verified first (content digest); a plugin family its manifest names is imported only if
     ``allow_plugins`` or the user's ``plugin_config`` file names it (see :mod:`deploy.manifest_config`).
@@ -142,15 +148,13 @@ def evaluate_model(uri: str, split: str = "test", steps: tuple[int, ...] = (0, 1
     trial = learner_section.get("trial_episodes", 1)  # train sizes are unused here but must be whole RL^2 trials
     cfg = manifest_config(manifest, uri, allow_plugins, plugin_config,
                           train={"episodes_per_task": trial, "eval_episodes": trial})
-    if artifact.weights.spec.kind == "belief":  # numpy inference only: nothing of the learner to rebuild
-        from learner.belief import PublishedBelief
-
-        learner = PublishedBelief(artifact.weights)
-    else:
+    learner = published_learner(artifact.weights)  # numpy inference only: nothing of the learner to rebuild
+    if learner is None:
         learner = make_learner(artifact.weights.spec, cfg.learner)
         learner.policy.load_weights(artifact.weights)
     tasks = task_distribution(cfg).tasks(split)[:num_tasks]
+    # as training evaluates: held-out tasks on the held-out robots, training tasks on the first training robot
+    robots = tuple(held_out_robots(cfg, len(tasks)) if split == "test" else [robot_of(cfg)] * len(tasks))
     with make_pool(backend, num_workers) as pool:
-        protocol = EvalProtocol(tuple(tasks), (robot_of(cfg),) * len(tasks), tuple(steps), episodes, cfg.fleet.horizon,
-                                seed)
+        protocol = EvalProtocol(tuple(tasks), robots, tuple(steps), episodes, cfg.fleet.horizon, seed)
         return evaluate(learner, pool, protocol)

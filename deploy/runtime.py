@@ -17,12 +17,14 @@ Usage::
     runtime = RobotRuntime("policies/reach-meta")
     result = runtime.run_episode(connect_robot("sim:kuka-0"), task={"goal": [0.6, 0.1, 0.4]}, seed=0)
     print(result["return"], result["success"], result["safe_stops"])
-    adapted = runtime.adapt(robot, episodes=3, task=task, seed=0)   # PEARL / belief: collect + infer, no learner
+    adapted = runtime.adapt(robot, episodes=3, task=task, seed=0)   # PEARL / belief / RMA: collect + infer, no learner
 
-On-robot adaptation (:meth:`RobotRuntime.adapt`) for the two kinds that infer their task: PEARL infers z from the
-context episodes with its numpy encoder; a belief policy updates its particle belief at every step of the
+On-robot adaptation (:meth:`RobotRuntime.adapt`) for the kinds that infer their task or robot: PEARL infers z from
+the context episodes with its numpy encoder; a belief policy updates its particle belief at every step of the
 context episodes (one trial), and the belief they leave is what every later episode starts from
-(:meth:`RobotRuntime.use_prior` goes back to a fresh belief for each episode).
+(:meth:`RobotRuntime.use_prior` goes back to a fresh belief for each episode); an RMA policy estimates its robot's
+latent z from its own history at every step of the context episodes, and acts from then on with z fixed to the
+mean of those estimates (:meth:`RobotRuntime.use_prior`: back to the running estimate, within each episode).
 """
 
 from __future__ import annotations
@@ -203,13 +205,15 @@ class RobotRuntime:
         protocol does), then the posterior q(z | all of them) from the numpy encoder, and z sampled from it is
         what the policy acts with from now on. Returns the posterior (mu, var, z), the context episodes'
         results, and the time to collect and to infer (seconds)."""
-        if not (self.driver.latent or self.driver.belief):
-            raise ValueError(f"on-robot adaptation infers a task latent: it needs a PEARL (context) or belief policy, "
-                             f"this one is {self.driver.spec.kind!r} ({self.manifest.get('algorithm', '?')})")
+        if not self.adapts_in_context:
+            raise ValueError(f"on-robot adaptation infers a task latent: it needs a PEARL (context), belief or RMA "
+                             f"policy, this one is {self.driver.spec.kind!r} ({self.manifest.get('algorithm', '?')})")
         if not isinstance(episodes, int) or episodes < 1:
             raise ValueError(f"adaptation needs at least one context episode, got {episodes!r}")
         if self.driver.belief:
             return self._adapt_belief(robot, episodes, task, seed, max_steps)
+        if self.driver.estimates_latent:
+            return self._adapt_latent(robot, episodes, task, seed, max_steps)
         rng, self.driver.transitions, results = np.random.default_rng(seed), [], []
         started = time.perf_counter()
         self._keep_context = True
@@ -251,11 +255,40 @@ class RobotRuntime:
                 "infer_s": infer_s, "adapt_s": collected - started, "policy_steps": timed,
                 "policy_ms_per_step": 1e3 * infer_s / max(timed, 1)}
 
+    def _adapt_latent(self, robot: Robot, episodes: int, task: dict | None, seed: int, max_steps: int | None) -> dict:
+        """An RMA policy on the robot: `episodes` context episodes acting on the adaptation module's running
+        estimate (a fresh history each episode, as always); z = the mean of its estimates over every step of them,
+        then fixed (:meth:`PolicyDriver.fix_latent`). Returns z (= ``mu``), the estimates' std, the context
+        episodes' results, their wall time and the policy's own time in them, in all and per step."""
+        self.driver.fix_latent(None)
+        self.driver.latents, spent, steps = [], self.driver.policy_s, self.driver.policy_steps
+        started = time.perf_counter()
+        try:
+            results = [self.run_episode(robot, max_steps, task, seed + k, reset_trial=True) for k in range(episodes)]
+        finally:
+            latents, self.driver.latents = np.asarray(self.driver.latents, np.float64), None
+        collected = time.perf_counter()
+        z = latents.mean(0)
+        self.driver.fix_latent(z)
+        infer_s, timed = self.driver.policy_s - spent, self.driver.policy_steps - steps
+        return {"z": z.tolist(), "mu": z.tolist(), "std": latents.std(0).tolist(), "episodes": results,
+                "transitions": len(latents), "collect_s": collected - started, "infer_s": infer_s,
+                "adapt_s": collected - started, "policy_steps": timed,
+                "policy_ms_per_step": 1e3 * infer_s / max(timed, 1)}
+
+    @property
+    def adapts_in_context(self) -> bool:
+        """Whether :meth:`adapt` applies: the policy infers its task (PEARL, belief) or its robot (RMA) on the robot."""
+        return self.driver.latent or self.driver.belief or self.driver.estimates_latent
+
     def use_prior(self, seed: int | None = None) -> None:
         """Act unadapted: PEARL with a fresh z from the prior N(0, I); a belief policy from a fresh belief (the
-        prior) at every episode."""
+        prior) at every episode; RMA on its running estimate of z (from a fresh history every episode)."""
         if self.driver.belief:
             self._belief_mode, self._adapted = "prior", None
+            return
+        if self.driver.estimates_latent:
+            self.driver.fix_latent(None)
             return
         self.driver.set_latent(self.driver.prior_latent(np.random.default_rng(seed)))
 

@@ -34,6 +34,7 @@ from learner.config import LearnerConfig
 from learner.evaluation import ORACLE
 from learner.interface import Collect, Learner, Plan
 from learner.mtppo import MultiTaskPPO
+from learner.published import EvaluationOnly
 from policy import PolicySpec, PolicyWeights
 from policy.spec import BELIEF_SETTINGS as SETTINGS
 from policy.spec import INPUT_CLIP, OBS_CLIP, model_input_dim
@@ -271,44 +272,6 @@ class BeliefLearner(MultiTaskPPO):
         self.model_error = float(state.pop("model_error"))
         self.rng.bit_generator.state = json.loads(state.pop("numpy_rng"))
         super().load_state_dict(state)
-
-
-class EvaluationOnly(Learner):
-    """A learner that is only evaluated (a yardstick, or a published policy): fixed weights, nothing to train."""
-
-    def __init__(self, weights: PolicyWeights):
-        self.weights = weights
-
-    def collect(self, tasks: Sequence[Task], iteration: int, episodes: int) -> Plan:
-        raise NotImplementedError(f"{type(self).__name__} is evaluated, never trained")
-
-    def update(self) -> dict[str, float]:
-        raise NotImplementedError(f"{type(self).__name__} is evaluated, never trained")
-
-    def policy_weights(self, version: str) -> PolicyWeights:
-        return self.weights
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-
-class PublishedBelief(EvaluationOnly):
-    """A published belief policy (its numpy weights, e.g. from the registry) evaluated as the learner evaluates
-    it: trials of `rounds` episodes, round k = the trial's episode k (`fleet eval`)."""
-
-    algorithm = "belief"
-
-    def __init__(self, weights: PolicyWeights):
-        if weights.spec.kind != "belief":
-            raise ValueError(f"PublishedBelief evaluates 'belief' policies, got kind {weights.spec.kind!r}")
-        super().__init__(weights)
-
-    def adaptation(self, tasks: Sequence[Task], rounds: int, version: str, episodes: int) -> Plan:
-        yield Collect("eval", tuple(tasks), (self.weights,) * len(tasks), episodes * rounds, "trials",
-                      trial_episodes=rounds, measures=tuple(range(rounds)))
 
 
 class OracleLearner(EvaluationOnly):

@@ -139,6 +139,18 @@ def robot_of(cfg: Config) -> RobotSpec:
     return fleet_of(cfg).train[0]
 
 
+def held_out_robots(cfg: Config, count: int, fleet: Fleet | None = None) -> list[RobotSpec]:
+    """The robots of `count` held-out tasks (training's held-out evaluation, and `fleet eval`): `fleet.eval_robots`
+    in turn when named, else the fleet's own choice (every test robot in turn, or every robot when none is held
+    out)."""
+    fleet = fleet or fleet_of(cfg)
+    named = cfg.fleet.eval_robots
+    if not named:
+        return fleet.eval_robots(count)
+    by_id = {r.robot_id: r for r in fleet.test}
+    return [by_id[named[i % len(named)]] for i in range(count)]
+
+
 def task_distribution(cfg: Config) -> TaskDistribution:
     """The run's task split (fixed by fleet.task_seed); sampling order follows train.seed."""
     f = cfg.fleet

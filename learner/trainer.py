@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from learner.builder import baseline_models, build, fleet_of, place_learner, task_distribution
+from learner.builder import baseline_models, build, fleet_of, held_out_robots, place_learner, task_distribution
 from learner.checkpoint import LoadedCheckpoint, rng_state, save_checkpoint, set_rng_state
 from learner.config import Config
 from learner.evaluation import (
@@ -99,13 +99,8 @@ class Trainer:
         self.curve: list[dict] = []
 
     def held_out_robots(self, count: int) -> list:
-        """The robots of `count` held-out tasks: `fleet.eval_robots` in turn when named, else the fleet's own
-        choice (every test robot in turn, or every robot when none is held out)."""
-        named = self.cfg.fleet.eval_robots
-        if not named:
-            return self.fleet.eval_robots(count)
-        by_id = {r.robot_id: r for r in self.fleet.test}
-        return [by_id[named[i % len(named)]] for i in range(count)]
+        """The robots of `count` held-out tasks (:func:`learner.builder.held_out_robots`)."""
+        return held_out_robots(self.cfg, count, self.fleet)
 
     # ---- one meta-iteration ----------------------------------------------------------------
     def iterate(self) -> dict[str, float]:

@@ -23,8 +23,8 @@ def add_parsers(sub) -> None:
     run = sub.add_parser("run", help="run a policy directory on a robot behind the safety layer")
     run.add_argument("policy_dir", metavar="DIR", help="policy artifact directory (weights.safetensors + manifest)")
     run.add_argument("--robot", required=True, metavar="ROBOT",
-                     help="sim:<robot-id>[?horizon=50&motor_strength=0.8] or tcp://HOST:PORT (token from "
-                          f"${TOKEN_ENV} or --token-file)")
+                     help="sim:<robot-id>[?horizon=50&motor_strength=0.8], sim:<robot-id>?fleet_file=PATH (that "
+                          f"robot of a fleet spec file) or tcp://HOST:PORT (token from ${TOKEN_ENV} or --token-file)")
     run.add_argument("--episodes", type=int, default=1, metavar="N", help="episodes to run (default 1)")
     run.add_argument("--seed", type=int, default=0, help="episode i resets with seed SEED+i (default 0)")
     run.add_argument("--task", action="append", default=[], metavar="KEY=VALUE",
@@ -36,9 +36,9 @@ def add_parsers(sub) -> None:
                      help="recurrent policies: episodes that share one hidden state before it is reset (default: "
                           "the manifest's learner.trial_episodes; the state carries across all episodes without it)")
     run.add_argument("--adapt", action="store_true",
-                     help="PEARL and belief policies: collect --episodes context episodes, infer the task on the "
-                          "robot (PEARL: the posterior over z; belief: the particle belief, one trial), then run "
-                          "--eval-episodes with it (and, before, unadapted: z from the prior / a fresh belief)")
+                     help="PEARL, belief and RMA policies: collect --episodes context episodes, infer the task or "
+                          "robot on it (PEARL: the posterior over z; belief: the particle belief, one trial; RMA: "
+                          "the mean latent estimate), then run --eval-episodes with it (and, before, unadapted)")
     run.add_argument("--eval-episodes", type=int, metavar="M",
                      help="with --adapt: episodes before and after adaptation (default: --episodes)")
     run.add_argument("--video", metavar="PATH", help="write frames of a sim: robot to PATH (.gif, or .mp4 with "
@@ -180,8 +180,8 @@ def _check_kind(args, runtime) -> None:
     """Flags that fit only some policy kinds, refused with what the policy is."""
     driver, what = runtime.driver, f"policy {args.policy_dir!r} ({runtime.manifest.get('algorithm', '?')}, " \
                                     f"kind {runtime.driver.spec.kind!r})"
-    if args.adapt and not (driver.latent or driver.belief):
-        raise BadInput(f"--adapt infers a task latent on the robot: it needs a PEARL (context) or belief policy; "
+    if args.adapt and not runtime.adapts_in_context:
+        raise BadInput(f"--adapt infers a task latent on the robot: it needs a PEARL (context), belief or RMA policy; "
                        f"{what} is not one (gradient-step adaptation: `fleet adapt`)")
     if args.trial_episodes is not None and not driver.recurrent:
         raise BadInput(f"--trial-episodes applies to recurrent policies; {what} keeps no state across steps")
@@ -221,7 +221,7 @@ def _run_adapted(args, runtime, robot, task) -> tuple[list[dict], list]:
         for i, result in enumerate(adapted["episodes"]):
             print(_episode_line(f"context episode {i + 1}/{args.episodes}", result), flush=True)
     after, frames = _run_episodes(args, runtime, robot, task, first, evals, "after", frames)
-    belief = runtime.driver.belief
+    belief = runtime.driver.belief or runtime.driver.estimates_latent  # inferred at every step inside the policy
     keys = ("mu", "std", "z", "transitions", "collect_s", "infer_s", "adapt_s", "policy_steps", "policy_ms_per_step") \
         if belief else ("mu", "var", "z", "transitions", "collect_s", "infer_s", "adapt_s")
     summary = {k: adapted[k] for k in keys}
@@ -236,11 +236,14 @@ def _run_adapted(args, runtime, robot, task) -> tuple[list[dict], list]:
     if not args.json:
         gain = summary["return_after"] - summary["return_before"]
         if belief:
-            print(f"adaptation: {args.episodes} context episode(s), {adapted['transitions']} steps, belief updated "
+            what, before_from, after_from = ("z estimated", "z from each episode's own history", "z fixed to the mean "
+                                             "estimate") if runtime.driver.estimates_latent else \
+                ("belief updated", "fresh belief", "the belief the context left")
+            print(f"adaptation: {args.episodes} context episode(s), {adapted['transitions']} steps, {what} "
                   f"every step: collect {adapted['collect_s']:.3f} s, of which policy (inference + action) "
                   f"{adapted['infer_s'] * 1e3:.1f} ms = {adapted['policy_ms_per_step']:.3f} ms/step")
-            print(f"return before (fresh belief) {summary['return_before']:.3f}, success "
-                  f"{summary['success_before']:.2f} -> after (the belief the context left) "
+            print(f"return before ({before_from}) {summary['return_before']:.3f}, success "
+                  f"{summary['success_before']:.2f} -> after ({after_from}) "
                   f"{summary['return_after']:.3f}, success {summary['success_after']:.2f} (gain {gain:+.3f})")
             return after, frames
         print(f"adaptation: {args.episodes} context episode(s), {adapted['transitions']} transitions: collect "
@@ -269,7 +272,10 @@ def _report(args, runtime, results: list[dict]) -> None:
             out["task_vector_from"] = "fixed" if runtime.driver.fixed_vector is not None else "task"
         if runtime.driver.belief:
             out["belief"] = runtime.driver.belief_summary()
+        if runtime.driver.belief or runtime.driver.estimates_latent:  # inference inside the policy, every step
             out["policy_ms_per_step"] = 1e3 * runtime.driver.policy_s / max(runtime.driver.policy_steps, 1)
+        if runtime.driver.estimates_latent:  # RMA: z from each episode's history, or fixed by --adapt
+            out["z_from"] = "history" if runtime.driver.fixed_latent is None else "adapted"
         if runtime.driver.recurrent:
             out["trial_episodes"] = runtime.trial_episodes
         if runtime.driver.latent:

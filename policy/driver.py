@@ -5,9 +5,10 @@ What a deployed policy needs besides the observation depends on its kind, and th
 - feed-forward (``kind: mlp``, ``conditioning: none``): nothing;
 - task-conditioned (``conditioning`` concat / additive / multihead / film): the task vector, built from the
   task's params by :class:`policy.taskvec.TaskVectorEncoder` from ``manifest["conditioning"]`` - the code
-  training used (:meth:`set_task`) - or, when that section carries ``fixed`` (``{"vector": [...], ...}``: a task
-  vector fixed at registration, e.g. a belief policy's posterior mean registered by ``fleet adapt``), that vector
-  whatever task is named (the task still goes to the robot);
+  training used (:meth:`set_task`) - or, when that section carries ``fixed`` (``{"vector": [...], ...}``: a context
+  vector fixed at registration, e.g. a belief policy's posterior mean or an RMA policy's latent estimate registered
+  by ``fleet adapt``), that vector whatever task is named (the task still goes to the robot). A fixed vector that is
+  no task vector (RMA's z) comes without a task encoding: nothing is built from task params;
 - recurrent (any policy with ``recurrent = True``, ``initial_state(batch)`` and ``sample_step(obs, prev_action,
   prev_reward, prev_done, state, rng, deterministic)``: RL^2's GRU, or any other policy with that interface):
   the state, carried across the steps and the episodes of a trial as in ``workers.recurrent.rollout_trials``
@@ -20,6 +21,9 @@ What a deployed policy needs besides the observation depends on its kind, and th
   numpy context encoder (:meth:`infer`);
 - belief (``kind: belief``, task inference): recurrent, its state the particle belief over the task vector
   (:class:`policy.belief.BeliefState`); :meth:`snapshot` / :meth:`restore` keep a belief to act with again.
+- RMA (``kind: rma``, adaptive): recurrent, its state the robot's own (obs, action) history; while
+  :attr:`latents` is a list, the adaptation module's estimate z of every step goes into it, and with
+  :attr:`fixed_latent` set the actor acts on that z instead of its running estimate (:meth:`fix_latent`).
 
 Every :meth:`act` is timed (``policy_s`` / ``policy_steps``: the policy's own time, inference included).
 
@@ -62,11 +66,12 @@ class PolicyDriver:
                 raise ValueError(f"policy {self.version!r} is task-conditioned ({self.spec.conditioning!r}) but its "
                                  "manifest has no 'conditioning' section (encoding, scaling, training tasks) to build "
                                  "task vectors with; re-publish it with this version of metafleet")
-            self.task_vectors = TaskVectorEncoder.from_manifest(section)
-            if self.task_vectors.dim != self.spec.context_dim:
-                raise ValueError(f"manifest 'conditioning' builds task vectors of length {self.task_vectors.dim}, "
-                                 f"the network takes {self.spec.context_dim}")
             self.fixed_vector = read_fixed_vector(section.get("fixed"), self.spec.context_dim)
+            if self.fixed_vector is None or "encoding" in section:  # task params -> vectors (else: none to build)
+                self.task_vectors = TaskVectorEncoder.from_manifest(section)
+                if self.task_vectors.dim != self.spec.context_dim:
+                    raise ValueError(f"manifest 'conditioning' builds task vectors of length {self.task_vectors.dim}, "
+                                     f"the network takes {self.spec.context_dim}")
         self.encoder = ContextEncoder(weights) if self.latent else None
         self.posterior = read_posterior(manifest.get("posterior"), self.spec.context_dim) if self.latent else None
         self.context: np.ndarray | None = self.fixed_vector  # the task vector or latent z the policy reads
@@ -76,6 +81,9 @@ class PolicyDriver:
         self._episodes_in_trial = 0
         self._first_step = True
         self.transitions: list[tuple[np.ndarray, np.ndarray, float, np.ndarray]] = []
+        self.estimates_latent = hasattr(self.policy, "latent_from_history")  # RMA: z from the robot's history
+        self.latents: list[np.ndarray] | None = None  # RMA: z at every step while a list (on-robot adaptation)
+        self.fixed_latent: np.ndarray | None = None  # RMA: the z the actor acts on instead of its estimate
         self.policy_s, self.policy_steps = 0.0, 0  # time spent in the policy (inference included), steps timed
 
     # ---- task vector (conditioned) and latent (PEARL) ------------------------------------------------
@@ -84,7 +92,8 @@ class PolicyDriver:
         if not self.conditioned:
             return
         if self.fixed_vector is not None:  # acts on the vector it was registered with; the task goes to the robot
-            self.task_held_out = bool(params) and self.task_vectors.training_index(params, family) is None
+            encoder = self.task_vectors
+            self.task_held_out = bool(params) and encoder is not None and encoder.training_index(params, family) is None
             self.context = self.fixed_vector
             return
         if not params:
@@ -102,6 +111,21 @@ class PolicyDriver:
             raise ValueError(f"PEARL policy {self.version!r} takes a finite latent z of length "
                              f"{self.spec.context_dim}, got shape {z.shape}")
         self.context = z
+
+    def fix_latent(self, z) -> None:
+        """RMA: act on this z (e.g. the mean estimate of some context episodes) instead of the running estimate;
+        None goes back to the estimate."""
+        if not self.estimates_latent:
+            raise ValueError(f"policy {self.version!r} is a {self.spec.kind!r} policy: only an RMA policy estimates "
+                             "a latent from its history")
+        if z is None:
+            self.fixed_latent = None
+            return
+        z = np.asarray(z, np.float32).reshape(-1)
+        if z.shape != (self.spec.context_dim,) or not np.all(np.isfinite(z)):
+            raise ValueError(f"RMA policy {self.version!r} takes a finite latent z of length {self.spec.context_dim}, "
+                             f"got shape {z.shape}")
+        self.fixed_latent = z
 
     def prior_latent(self, rng: np.random.Generator) -> np.ndarray:
         """z ~ N(0, I): what PEARL acts with before it has seen any of the task."""
@@ -164,7 +188,9 @@ class PolicyDriver:
         """The policy's action [act_dim] for one observation."""
         obs = np.asarray(obs, np.float32).reshape(1, -1)
         started = time.perf_counter()
-        if self.recurrent:
+        if self.fixed_latent is not None:  # RMA with its z fixed: the actor alone, no history
+            actions, _ = self.policy.actor.sample(obs, rng, deterministic, context=self.fixed_latent)
+        elif self.recurrent:
             if self._state is None:
                 self.begin_trial(rng)
             done = 1.0 if (self._first_step and self._episodes_in_trial > 1) else 0.0
@@ -181,6 +207,8 @@ class PolicyDriver:
             actions, _ = self.policy.sample(obs, rng, deterministic, context=self.context)
         self.policy_s += time.perf_counter() - started
         self.policy_steps += 1
+        if self.latents is not None and self.fixed_latent is None:  # RMA adapting: z again, outside the timing
+            self.latents.append(self.policy.latent_from_history(obs, self._state)[0])
         self._first_step = False
         return np.asarray(actions[0], np.float32)
 

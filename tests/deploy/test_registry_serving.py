@@ -133,6 +133,10 @@ HAND_BUILT = {  # every non-MLP kind, hand-built weights: the registry path for 
              {"conditioning": {"mode": "film", "encoding": "onehot", "train_tasks": [
                  {"family": "point", "task_id": f"point/train/{i}", "params": {"goal": [i, -i]}} for i in range(3)]}},
              {"obs": [[0.1, 0.2]], "task": ['{"goal": [1, -1]}']}),
+    "rma": (PolicySpec(2, 2, (8,), conditioning="film", context_dim=2, kind="rma", model_sizes=(4,), privileged_dim=3,
+                       history=2, encoder_sizes=(4,)), {},
+            {"obs": [[0.1, 0.2]], "state": [[]], "prev_action": [[0.0, 0.0]], "prev_reward": [0.0],
+             "prev_done": [0.0]}),
 }
 
 
@@ -144,6 +148,8 @@ def test_every_kind_registers_as_a_servable_mlflow_model(kind, served):
     rng = np.random.default_rng(1)
     arrays = {k: rng.normal(0, 0.5, shape).astype(np.float32) for k, shape in spec.weight_shapes().items()}
     arrays["obs_std"] = np.ones(2, np.float32)
+    if spec.kind == "rma":
+        arrays["rma.mode"] = np.ones(1, np.float32)  # adaptive: the published weights, a recurrent history state
     spaces = {"observation": {"shape": [2], "low": [-2, -2], "high": [2, 2]},
               "action": {"shape": [2], "low": [-1, -1], "high": [1, 1]}}
     artifact = PolicyArtifact.build(PolicyWeights(spec, arrays), spaces=spaces, fleet={"family": "point", "horizon": 4},
@@ -156,6 +162,11 @@ def test_every_kind_registers_as_a_servable_mlflow_model(kind, served):
     out = load_model(f"models:/kind-{kind}/{version}").predict(pd.DataFrame(body))
     expected = PolicyModel.from_artifact(registry.load(f"models:/kind-{kind}/{version}")).predict(None, body)
     np.testing.assert_allclose(out["action"], expected["action"], atol=1e-6)
+    if "state" in body:  # state out, then back in with the next request
+        np.testing.assert_allclose(out["state"], expected["state"], atol=1e-6)
+        again = {**body, "state": out["state"], "prev_action": out["action"]}
+        np.testing.assert_allclose(load_model(f"models:/kind-{kind}/{version}").predict(pd.DataFrame(again))["action"],
+                                   PolicyModel.from_artifact(artifact).predict(None, again)["action"], atol=1e-6)
 
 
 @contextlib.contextmanager

@@ -104,15 +104,15 @@ def test_state_round_trips_for_resume(trained):
 
 
 def test_a_published_belief_policy_evaluates_as_its_learner_does(trained):
-    """`fleet eval` of a registered belief policy (learner.belief.PublishedBelief: numpy weights only) measures
-    exactly what the learner's own evaluation measures."""
-    from learner.belief import PublishedBelief
+    """`fleet eval` of a registered belief policy (learner.published.PublishedInContext: numpy weights only)
+    measures exactly what the learner's own evaluation measures."""
+    from learner.published import PublishedInContext
 
     learner, pool, _ = trained
-    published = PublishedBelief(learner.policy_weights("eval/belief"))
-    assert summary(published, pool) == summary(learner, pool)
-    with pytest.raises(ValueError, match="'belief' policies"):
-        PublishedBelief(learner.actor_weights("v"))
+    published = PublishedInContext(learner.policy_weights("eval/belief"))
+    assert published.algorithm == "belief" and summary(published, pool) == summary(learner, pool)
+    with pytest.raises(ValueError, match=r"in-context policies of kinds \['belief', 'rma'\], got kind 'mlp'"):
+        PublishedInContext(learner.actor_weights("v"))
 
 
 def run_iterations(background: bool, iterations: int = 3) -> BeliefLearner:

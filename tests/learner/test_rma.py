@@ -142,6 +142,19 @@ def test_published_policy_is_adaptive_and_the_oracle_privileged(trained):
     assert not NumpyRMAPolicy(learner.oracle().policy_weights("v")).recurrent
 
 
+def test_a_published_rma_policy_evaluates_as_its_learner_does(trained):
+    """`fleet eval` of a registered RMA policy (learner.published.PublishedInContext: its numpy weights only)
+    measures exactly what the learner's own evaluation measures; privileged weights are refused."""
+    from learner.published import PublishedInContext, published_learner
+
+    learner, pool, _ = trained
+    published = published_learner(learner.policy_weights("eval/rma"))
+    assert isinstance(published, PublishedInContext) and published.algorithm == "rma"
+    assert held_out(published, pool) == held_out(learner, pool)
+    with pytest.raises(ValueError, match="evaluated adaptive"):
+        PublishedInContext(learner.oracle().policy_weights("v"))
+
+
 def test_history_window_against_hand_numbers():
     obs = torch.tensor([[[1.0], [2.0], [3.0]]])
     actions = torch.tensor([[[0.5], [2.0], [-3.0]]])  # clipped to [-1, 1] in the window

@@ -9,12 +9,13 @@ Input (one row per request; a DataFrame, a dict of columns, or for a plain MLP j
 - MLP: ``obs`` (or a bare [B, obs_dim] array) -> the mean actions [B, act_dim] (``action`` with columns);
 - task-conditioned (concat, additive, multihead, FiLM): ``obs`` + ``task`` (the task's params, a dict or its
   JSON, ``family`` inside for a mixture) or ``task_vector`` -> ``action``;
-- recurrent (RL^2 GRU, belief): ``obs`` + ``state`` (the previous response's; absent or empty at a trial's
-  start: the GRU's zeros, a fresh belief = the prior), ``prev_action``, ``prev_reward``, ``prev_done`` ->
-  ``action``, ``state`` (a belief policy's particle belief flattened, ``policy.belief.BeliefState.to_flat``;
-  also ``belief_mean``, the task vector it believes);
-- a task-conditioned version registered with a fixed task vector (``conditioning.fixed``, e.g. a belief
-  policy adapted by ``fleet adapt``): ``obs`` alone;
+- recurrent (RL^2 GRU, belief, RMA): ``obs`` + ``state`` (the previous response's; absent or empty at a trial's
+  start: the GRU's zeros, a fresh belief = the prior, an empty RMA history), ``prev_action``, ``prev_reward``,
+  ``prev_done`` -> ``action``, ``state`` (a belief policy's particle belief flattened,
+  ``policy.belief.BeliefState.to_flat``, also ``belief_mean``, the task vector it believes; an RMA policy's
+  flat (obs, action) history);
+- a task-conditioned version registered with a fixed context vector (``conditioning.fixed``, e.g. a belief or
+  RMA policy adapted by ``fleet adapt``): ``obs`` alone;
 - PEARL: ``obs`` + ``z``, or the context transitions ``context_obs``, ``context_actions``, ``context_rewards``,
   ``context_next_obs`` (a list of transitions per row; empty = the prior) -> ``action``, ``z``.
 

@@ -121,6 +121,8 @@ class RMAConfig(_Strict):
     adapt_from: int = Field(1, ge=1, description="first iteration of phase 2 (adaptation module); earlier "
                             "iterations train the base policy and the extrinsics encoder")
     adapt_steps: int = Field(300, ge=1, description="adaptation-module regression steps per phase-2 iteration")
+    finetune: bool = Field(True, description="phase 2 also trains the base policy by PPO on the latents psi "
+                           "estimated while acting (a small error in z can cost a FiLM policy much)")
     warmup: int = Field(5, ge=0, description="last phase-1 iterations whose data (the privileged policy's steps) "
                         "also fits the adaptation module: phase 2 starts from a module that already reads robots")
     adapt_batch: int = Field(1024, ge=1, description="history windows per regression step")

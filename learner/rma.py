@@ -12,7 +12,8 @@ The last `learner.rma.warmup` phase-1 iterations also fit psi on the privileged 
 Phase 2 (from `adapt_from` on): pi and mu are frozen (the observation normalisation too) and the adaptation
 module psi reads the last K = `learner.rma.history` entries [normalised obs, action] and the current obs; it is
 regressed onto the encoder's latent on the robot's own on-policy data, collected while acting with psi's own
-estimate (as RMA does, so psi learns on the states its errors lead to):
+estimate (as RMA does, so psi learns on the states its errors lead to), and (`learner.rma.finetune`) the base
+policy continues PPO on the latents psi estimated, so it acts well on psi's estimates, errors included:
 
     L_psi = E_t || psi(o_{t-K..t-1}, a_{t-K..t-1}, o_t) - mu(e) ||^2
 
@@ -93,6 +94,7 @@ class RMALearner(MetaLearner):
         self.adapter_optimizer = torch.optim.Adam(self.adapter.parameters(), lr=self.rma.adapt_lr)
         self.phase2 = False  # set by collect(): which phase this iteration's data is for
         self.warming = False  # set by collect(): a phase-1 iteration whose data also warms psi up
+        self.expert: PolicyWeights | None = None  # the privileged policy at the end of phase 1 (the oracle)
         self.adapter_loss = float("nan")
         self.windows: list[torch.Tensor] = []  # phase 2's regression data so far: psi's inputs, mu(e) targets
 
@@ -117,6 +119,8 @@ class RMALearner(MetaLearner):
         """MT-PPO's two phases; every request carries its robot's vector e (phase 1 acts on mu(e); phase 2 acts
         on psi's estimate and keeps e only as the regression target)."""
         self.phase2 = iteration >= self.rma.adapt_from
+        if self.phase2 and self.expert is None:  # the oracle: the base policy as phase 1 left it, told the robot
+            self.expert = self.rma_weights("oracle", adaptive=False)
         self.warming = not self.phase2 and iteration >= self.rma.adapt_from - self.rma.warmup
         yield from super().collect(tasks, iteration, episodes)
 
@@ -127,8 +131,9 @@ class RMALearner(MetaLearner):
         return [self.rma_weights(version, adaptive=self.phase2)] * len(support)
 
     def ppo_terms(self, params: Params, data: TaskData) -> tuple[torch.Tensor, torch.Tensor]:
-        """One task's PPO-clip loss and approximate KL with z = mu(e) (gradients reach the encoder)."""
-        z = self.extrinsics(data["context"])
+        """One task's PPO-clip loss and approximate KL with z = mu(e) (phase 1: gradients reach the encoder), or
+        with psi's per-step estimates that acted (phase 2 fine-tuning: data["context"] is already z)."""
+        z = data["context"] if self.phase2 else self.extrinsics(data["context"])
         logp = log_prob(self.policy, params, data["obs"], data["actions"], z)
         loss = ppo_clip_loss(logp, data["logp_old"], data["adv"], data["mask"], self.config.clip)
         return loss, masked_mean(data["logp_old"] - logp, data["mask"])
@@ -141,8 +146,25 @@ class RMALearner(MetaLearner):
             if self.warming:  # psi starts from the privileged policy's own steps (its normaliser moves little now)
                 metrics["adapter_loss"] = self.adapter_loss = self.fit_adapter(batches)
             return metrics
+        metrics = self.finetune(batches) if self.rma.finetune else {}
         self.adapter_loss = self.fit_adapter(batches)
-        return {"adapter_loss": self.adapter_loss}
+        return {**metrics, "adapter_loss": self.adapter_loss}
+
+    def finetune(self, batches: Sequence[Batch]) -> dict[str, float]:
+        """PPO on the base policy with the latents psi estimated while acting (mu and psi untouched): the base
+        policy learns to act well on psi's estimates, errors included, not only on the encoder's exact latent."""
+        data = self.prepare(batches)
+        data["context"] = torch.stack([self.estimates(b) for b in batches])  # [N, E, H, latent]
+        terms = batched(self.ppo_terms, per_task_params=False)
+        return self.ppo_update(data, lambda minibatch: terms(self.params(), minibatch))
+
+    def estimates(self, batch: Batch) -> torch.Tensor:
+        """psi's latent at every step of `batch` [E, H, latent], as the workers' numpy twin computed it."""
+        with torch.no_grad():
+            obs = torch.as_tensor(np.array(batch.obs, np.float32), device=self.device)
+            obs = ((obs - self.policy.obs_mean) / self.policy.obs_std).clamp(-OBS_CLIP, OBS_CLIP)
+            actions = torch.as_tensor(np.array(batch.actions, np.float32), device=self.device)
+            return self.adapter(history_windows(obs, actions, self.rma.history))
 
     def observe(self, batches: Sequence[Batch]) -> None:
         """The normalisation is frozen from the warm-up on: psi's stored inputs and the base policy must not drift
@@ -210,13 +232,16 @@ class RMALearner(MetaLearner):
                       trial_episodes=rounds, measures=tuple(range(rounds)))
 
     def oracle(self) -> Learner:
-        """The yardstick: this learner's base policy told each robot's true parameters (z = mu(e))."""
-        return RobotOracle(self.rma_weights("oracle", adaptive=False), self.robot_params)
+        """The yardstick: this learner's base policy as phase 1 left it (before fine-tuning on psi's estimates),
+        told each robot's true parameters (z = mu(e))."""
+        return RobotOracle(self.expert or self.rma_weights("oracle", adaptive=False), self.robot_params)
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "extrinsics": self.extrinsics.state_dict(),
                 "adapter": self.adapter.state_dict(), "adapter_optimizer": self.adapter_optimizer.state_dict(),
-                "adapter_loss": self.adapter_loss, "windows": [w.cpu() for w in self.windows]}
+                "adapter_loss": self.adapter_loss, "windows": [w.cpu() for w in self.windows],
+                "expert": None if self.expert is None else {k: torch.from_numpy(np.array(v))
+                                                            for k, v in self.expert.arrays.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         state = dict(state)
@@ -225,6 +250,10 @@ class RMALearner(MetaLearner):
         self.adapter_optimizer.load_state_dict(state.pop("adapter_optimizer"))
         self.adapter_loss = float(state.pop("adapter_loss"))
         self.windows = [w.to(self.device) for w in state.pop("windows", [])]
+        expert = state.pop("expert", None)
+        if expert is not None:
+            spec = self.rma_weights("oracle", adaptive=False).spec
+            self.expert = PolicyWeights(spec, {k: np.asarray(v) for k, v in expert.items()}, "oracle")
         super().load_state_dict(state)
 
 

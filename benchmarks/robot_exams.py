@@ -8,6 +8,7 @@ the validity rule (oracle - robot-agnostic) and the worst held-out robots' own r
 
     python benchmarks/robot_exams.py --exams arm --seeds 0 1 2
     python benchmarks/robot_exams.py --exams cheetah --seeds 0 --merge     # add to the same file
+    python benchmarks/robot_exams.py --plot docs/img/robot-exams.png       # the figure, from the JSON only
 
 The JSON is rewritten after every run (a crash keeps the finished ones).
 """
@@ -81,6 +82,31 @@ def save(path: Path, runs: list[dict], prov: dict) -> None:
     provenance.write(path, {"format": "robot-exams", "runs": runs}, prov)
 
 
+def plot(runs: list[dict], png: Path) -> None:
+    """Held-out success within the first episode per exam and model (mean ± stderr over seeds, else tasks)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks.robot_exams_report import ORDER, spread
+
+    exams = sorted({r["exam"] for r in runs})
+    fig, axes = plt.subplots(1, len(exams), figsize=(4.2 * len(exams), 3.2), squeeze=False)
+    for ax, exam in zip(axes[0], exams):
+        mine = [r for r in runs if r["exam"] == exam]
+        models = [m for m in ORDER if m in mine[0]["models"]]
+        cells = [spread(mine, m, "successes", "0") for m in models]
+        ax.bar(models, [c[0] for c in cells], yerr=[c[1] for c in cells], color=["C0", "C2", "C1", "C7"][:len(models)])
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"{exam}: held-out robots, first episode ({len(mine)} seed{'s' * (len(mine) > 1)})", fontsize=9)
+        ax.set_ylabel("success")
+        ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--exams", nargs="+", choices=sorted(EXAMS), default=sorted(EXAMS))
@@ -89,7 +115,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="config override for every run (e.g. train.iterations=40)")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--merge", action="store_true", help="keep the file's other runs (same exam+seed replaced)")
+    parser.add_argument("--plot", type=Path, metavar="PNG", help="only draw the figure from --out's runs")
     args = parser.parse_args(argv)
+    if args.plot:
+        plot(load(args.out), args.plot)
+        return 0
     prov = provenance.start("robot_exams.py", argv)
     runs = load(args.out) if args.merge else []
     for exam in args.exams:

@@ -23,6 +23,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+from deploy.wire import refuse_constant, unique_keys
+
 PREFIX = "fleet.history."
 FORMAT = 1
 MAX_RECORD_CHARS = 5000  # registered_model_tags.value is VARCHAR(5000) in MLflow's SQL stores
@@ -163,21 +165,9 @@ def _check_key(key: str, now_ns: int) -> None:
         raise ValueError("the tag key's time is in the future")
 
 
-def _unique(pairs: list[tuple[str, object]]) -> dict:
-    seen = dict(pairs)
-    if len(seen) != len(pairs):
-        names = [name for name, _ in pairs]
-        raise ValueError(f"repeated JSON key {next(n for n in names if names.count(n) > 1)!r}")
-    return seen
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not strict JSON")
-
-
 def _strict_json(text: str) -> dict:
     try:
-        data = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique)
+        data = json.loads(text, parse_constant=refuse_constant, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not JSON: {exc.msg}") from None
     if not isinstance(data, dict):

@@ -123,8 +123,8 @@ def parse_message(payload: bytes) -> dict:
     surrogates (``"\\ud800"``), nesting deeper than ``MAX_DEPTH``, a top level that is not an object.
     """
     try:
-        message = json.loads(payload.decode("utf-8"), object_pairs_hook=_unique_keys,
-                             parse_constant=_refuse_constant, parse_float=_finite_float)
+        message = json.loads(payload.decode("utf-8"), object_pairs_hook=unique_keys,
+                             parse_constant=refuse_constant, parse_float=_finite_float)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError(f"not strict UTF-8 JSON: {exc}") from None
     if not isinstance(message, dict):
@@ -133,7 +133,8 @@ def parse_message(payload: bytes) -> dict:
     return message
 
 
-def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+def unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """`json.loads` object hook that refuses a repeated key (the last one would silently win)."""
     message = dict(pairs)
     if len(message) != len(pairs):
         keys = [key for key, _ in pairs]
@@ -141,7 +142,8 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
     return message
 
 
-def _refuse_constant(name: str):
+def refuse_constant(name: str):
+    """`json.loads` constant hook that refuses NaN and +-Infinity (not JSON numbers)."""
     raise ValueError(f"{name} is not a JSON number")
 
 

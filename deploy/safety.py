@@ -206,8 +206,9 @@ class SafetyLayer:
             self._stop_step = self._ramp_step()
         gap = self._safe - self._previous
         moved = self._previous + np.clip(gap, -self._stop_step, self._stop_step)
-        # float32 steps do not sum to the gap exactly: the last step lands on the hold itself
-        arrived = np.abs(gap) <= self._stop_step * np.float32(1.0001)
+        # float32 steps do not sum to the gap exactly: the last step lands on the hold itself. The slack is absolute
+        # and tiny (not relative to the step), so that landing never moves more than the rate limit allows
+        arrived = np.abs(gap) <= self._stop_step + np.float32(5e-7)
         self._previous = np.where(arrived, self._safe, moved).astype(np.float32)
         return self._previous.copy(), {"safe_stop": True, "reason": reason, "clipped": 0, "rate_limited": 0}
 

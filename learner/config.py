@@ -314,6 +314,9 @@ class Config(_Strict):
             if rma.history >= self.fleet.horizon:
                 raise ValueError(f"learner.rma.history ({rma.history}) must be shorter than fleet.horizon "
                                  f"({self.fleet.horizon}): the adaptation module reads that many past steps")
+            if self.train.overlap:
+                raise ValueError("train.overlap cannot run with learner.algorithm rma: its phase changes between "
+                                 "iterations, and a prefetched phase would be collected for the wrong one")
             if rma.adapt_from >= self.train.iterations:
                 raise ValueError(f"learner.rma.adapt_from ({rma.adapt_from}) must be below train.iterations "
                                  f"({self.train.iterations}): phase 2 (the adaptation module) needs iterations")

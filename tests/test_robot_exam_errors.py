@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
     (["learner.rma.history=50"], ["learner.rma.history (50)", "fleet.horizon (50)"]),
     (["learner.rma.adapt_from=60"], ["learner.rma.adapt_from (60)", "train.iterations (60)"]),
     (["learner.rma.latnt=4"], ["learner.rma.latnt", "unknown key"]),
+    (["train.overlap=true"], ["train.overlap", "rma"]),
     (["fleet.eval_robots=[kuka-new-99]"], ["fleet.eval_robots", "kuka-new-99", "kuka-new-0"]),
     (["fleet.eval_robots=[kuka-3]"], ["fleet.eval_robots", "kuka-3", "split: test"]),
     (["fleet.family=robot_reach", "fleet.fleet_file=null", "fleet.robot=a1"], ["supports robot kinds"]),

@@ -71,6 +71,14 @@ def _missing_tools() -> str | None:
     return None
 
 
+def _see_these_packages(venv: Path) -> None:
+    """A .pth in `venv` appending this interpreter's site-packages (the node's Python has its pinned packages)."""
+    import site
+
+    [target] = venv.glob("lib/python*/site-packages")
+    _write(target / "_metafleet_node_packages.pth", "".join(f"{p}\n" for p in site.getsitepackages()))
+
+
 def _sshd_path() -> str:
     return shutil.which("sshd") or "/usr/sbin/sshd"
 
@@ -169,6 +177,9 @@ def node():
         _write(home / ".bashrc", "")
         venv = home / "venv"
         subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+        # --system-site-packages reaches the *base* interpreter's packages; when this one is itself a venv (CI's),
+        # its packages (torch included) must be visible too, or the YAML's pip lines go to the network
+        _see_these_packages(venv)
         # The venv's own (older, bundled) setuptools would shadow the node's and make pip fetch one.
         subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "uninstall", "-y", "-q", "setuptools"], check=True)
         port = free_ports(1)[0]

@@ -10,7 +10,8 @@ drawn from that belief every few steps: it explores while unsure and reaches for
 episode, and keeps its belief across the episodes of a trial. No gradient step and no learner at test time:
 numpy on the robot. This is meta-RL as task inference with privileged task information in meta-training
 (Humplik et al. 2019, "Meta reinforcement learning as task inference"), with a particle belief in place of
-their recurrent one.
+their recurrent one. With `learner.dynamics`, a dynamics model p(s' | s, a, z) (learner/belief_dynamics.py) is
+fitted beside the reward model, and the belief weighs each transition's motion too: what z = a robot's gains needs.
 
 Yardsticks: the same policy given the true z is the oracle at the same budget (`oracle()`), and a fresh
 learner is the from-scratch baseline. Evaluation: `rounds` episodes per trial; round k = the k-th episode of a

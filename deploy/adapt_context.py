@@ -69,7 +69,8 @@ def adapt_pearl(registry, resolved, meta, cfg, address, task, rid, episodes, see
 
 def actor_weights(meta: PolicyArtifact) -> PolicyWeights:
     """The context-conditioned actor inside a belief or RMA policy: an 'mlp' spec and its arrays only."""
-    actor_spec = replace(meta.weights.spec, kind="mlp", model_sizes=(), privileged_dim=0, history=0, encoder_sizes=())
+    actor_spec = replace(meta.weights.spec, kind="mlp", model_sizes=(), privileged_dim=0, history=0, encoder_sizes=(),
+                         dynamics_sizes=())
     arrays = {k: v for k, v in meta.weights.arrays.items() if k in actor_spec.weight_shapes()}
     return PolicyWeights(actor_spec, arrays, meta.weights.version)
 

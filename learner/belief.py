@@ -10,7 +10,8 @@ drawn from that belief every few steps: it explores while unsure and reaches for
 episode, and keeps its belief across the episodes of a trial. No gradient step and no learner at test time:
 numpy on the robot. This is meta-RL as task inference with privileged task information in meta-training
 (Humplik et al. 2019, "Meta reinforcement learning as task inference"), with a particle belief in place of
-their recurrent one.
+their recurrent one. With `learner.dynamics`, a dynamics model p(s' | s, a, z) (learner/belief_dynamics.py) is
+fitted beside the reward model, and the belief weighs each transition's motion too: what z = a robot's gains needs.
 
 Yardsticks: the same policy given the true z is the oracle at the same budget (`oracle()`), and a fresh
 learner is the from-scratch baseline. Evaluation: `rounds` episodes per trial; round k = the k-th episode of a
@@ -29,7 +30,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from fleet.robots import robot_vector
 from fleet.tasks import Task
+from learner.belief_dynamics import DynamicsModel, dynamics_data, dynamics_loss, residual_scales
 from learner.config import LearnerConfig
 from learner.evaluation import ORACLE
 from learner.interface import Collect, Learner, Plan
@@ -37,7 +40,7 @@ from learner.mtppo import MultiTaskPPO
 from learner.published import EvaluationOnly
 from policy import PolicySpec, PolicyWeights
 from policy.spec import BELIEF_SETTINGS as SETTINGS
-from policy.spec import INPUT_CLIP, OBS_CLIP, model_input_dim
+from policy.spec import INPUT_CLIP, OBS_CLIP, dynamics_input_dim, model_input_dim
 from workers.batch import Batch
 
 
@@ -103,12 +106,15 @@ def transitions(batch: Batch, context: Sequence[float]) -> tuple[np.ndarray, np.
 
 
 class BeliefLearner(MultiTaskPPO):
-    """Multi-task PPO on [obs, task params] + a reward model; publishes the numpy task-inference policy."""
+    """Multi-task PPO on [obs, z] + a reward model (+ with `dynamics`, a dynamics model); publishes the numpy
+    task-inference policy. z is the task's standardised params, or with `task_encoding: robot` the robot's
+    privileged vector of `robot_params` (then the prior box is the range of the training robots' vectors seen)."""
 
     algorithm = "belief"
 
     def __init__(self, spec: PolicySpec, config: LearnerConfig, train_tasks: Sequence[Task] = ()):
-        config = config.model_copy(update={"conditioning": "concat", "task_encoding": "params"})
+        encoding = "robot" if config.task_encoding == "robot" else "params"
+        config = config.model_copy(update={"conditioning": "concat", "task_encoding": encoding})
         super().__init__(spec, config, train_tasks)
         base = self.policy.spec
         self.model = TaskModel(model_input_dim(base), config.model_sizes).to(self.device)
@@ -122,9 +128,34 @@ class BeliefLearner(MultiTaskPPO):
         self.model_loss = float("nan")  # the last finished fit's final loss
         self.explored: list[Batch] = []  # this iteration's explore phase (task model only)
         self.model_error = 1.0  # robust scale of the model's residuals on fresh data (the likelihood's scale)
-        vectors = np.asarray([self.context_for(t) for t in self.train_tasks], np.float64).reshape(-1, base.context_dim)
+        tasks = () if self.robot_params else self.train_tasks  # robots: the box grows with the robots seen
+        vectors = np.asarray([self.context_for(t) for t in tasks], np.float64).reshape(-1, base.context_dim)
         self.low = vectors.min(0) if len(vectors) else -np.ones(base.context_dim)
         self.high = vectors.max(0) if len(vectors) else np.ones(base.context_dim)
+        self.box_seen = len(vectors) > 0  # False: the placeholder box [-1, 1] until training data is seen
+        # the dynamics model is built last, so the reward model's init and the numpy streams are those without it
+        self.dynamics = DynamicsModel(dynamics_input_dim(base), config.dynamics_sizes, base.obs_dim).to(self.device) \
+            if config.dynamics else None
+        self.dynamics_optimizer = None if self.dynamics is None else \
+            torch.optim.Adam(self.dynamics.parameters(), lr=config.model_lr)
+        self.dynamics_error = np.ones(base.obs_dim)  # robust residual scale per obs dimension on fresh data
+        self.dynamics_loss = self.fit_dynamics_loss = float("nan")  # the last finished fit's / the fit's own
+
+    def true_vector(self, batch: Batch) -> tuple[float, ...]:
+        """The z a batch's transitions are fitted with: its robot's privileged vector, or its task's params."""
+        if self.robot_params:
+            return robot_vector(batch.robot, self.robot_params)
+        return self.context_for(batch.task)
+
+    def see_robots(self, batches: Sequence[Batch]) -> None:
+        """Robot-vector z: widen the prior box to the vectors of the training robots in `batches`."""
+        if not self.robot_params or not batches:
+            return
+        vectors = np.asarray([robot_vector(b.robot, self.robot_params) for b in batches], np.float64)
+        low, high = vectors.min(0), vectors.max(0)
+        if self.box_seen:
+            low, high = np.minimum(self.low, low), np.maximum(self.high, high)
+        self.low, self.high, self.box_seen = low, high, True
 
     # ---- training ------------------------------------------------------------------------
     def weights_for(self, tasks: Sequence[Task], version: str) -> list[PolicyWeights]:
@@ -139,6 +170,8 @@ class BeliefLearner(MultiTaskPPO):
         from the prior box (stream "explore"): the transitions an inferring policy meets while it is
         still wrong about the task, for the task model only (PPO never sees them)."""
         yield from super().collect(tasks, iteration, episodes)
+        if self.collected is not None:
+            self.see_robots([*self.collected[0], *self.collected[1]])
         if self.config.model_episodes:
             tasks = tuple(tasks)
             guesses = tuple(tuple(map(float, self.rng.uniform(self.low, self.high))) for _ in tasks)
@@ -154,11 +187,13 @@ class BeliefLearner(MultiTaskPPO):
         metrics = super().learn(support, query)
         explored, self.explored = list(self.explored), []
         # every row carries its task's TRUE vector (explore episodes acted with a guess; the reward is the task's)
-        fresh = [transitions(b, self.context_for(b.task)) for b in [*support, *query, *explored]]
+        fresh = [transitions(b, self.true_vector(b)) for b in [*support, *query, *explored]]
         rows, rewards = np.concatenate([f[0] for f in fresh]), np.concatenate([f[1] for f in fresh])
         probe = fresh[len(fresh) - len(explored):] if explored else fresh  # the explore episodes', when there are
-        self.model_error = self._residual_scale(np.concatenate([p[0] for p in probe]),
-                                                np.concatenate([p[1] for p in probe]))  # before fitting them
+        probe_rows = np.concatenate([p[0] for p in probe])
+        self.model_error = self._residual_scale(probe_rows, np.concatenate([p[1] for p in probe]))  # before fitting
+        if self.dynamics is not None:
+            self.dynamics_error = self._dynamics_scales(probe_rows)
         self.replay.add(rows, rewards)
         if self.config.model_background:
             # update() folds this iteration's observations into the normaliser right after learn(): the fit keeps
@@ -169,8 +204,15 @@ class BeliefLearner(MultiTaskPPO):
             self.fitting.start()
         else:
             self.model_loss = self.fit_model(self.config.model_steps)
+            self.dynamics_loss = self.fit_dynamics_loss
         loss = {"model_loss": self.model_loss} if np.isfinite(self.model_loss) else {}  # none finished yet
-        return {**metrics, **loss, "model_error": self.model_error}
+        return {**metrics, **loss, "model_error": self.model_error, **self._dynamics_metrics()}
+
+    def _dynamics_metrics(self) -> dict[str, float]:
+        if self.dynamics is None:
+            return {}
+        loss = {"dynamics_loss": self.dynamics_loss} if np.isfinite(self.dynamics_loss) else {}
+        return {**loss, "dynamics_error": float(np.mean(self.dynamics_error))}
 
     def _fit_in_background(self, steps: int, norm: tuple[torch.Tensor, torch.Tensor]) -> None:
         try:
@@ -188,11 +230,13 @@ class BeliefLearner(MultiTaskPPO):
             raise RuntimeError(f"belief: the task model's background fit failed: {outcome['error']!r}") \
                 from outcome["error"]
         self.model_loss = float(outcome["loss"])
+        self.dynamics_loss = self.fit_dynamics_loss  # written by the fit's thread, read here once it has ended
 
     def fit_model(self, steps: int, norm: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
         """`steps` Adam steps of squared reward error on replay minibatches (observations normalised by `norm`,
-        default the policy's current mean and std); the last loss."""
-        loss = torch.zeros(())
+        default the policy's current mean and std); the last loss. With `dynamics`, each step also fits the
+        dynamics model on the same minibatch (`learner.belief_dynamics`; its last loss: `fit_dynamics_loss`)."""
+        loss, dyn = torch.zeros(()), torch.full((), float("nan"))
         for _ in range(steps):
             rows, rewards = self.replay.sample(self.model_rng, self.config.model_batch)
             x, r = self._model_input(rows, norm), torch.as_tensor(rewards, device=self.device)
@@ -200,7 +244,25 @@ class BeliefLearner(MultiTaskPPO):
             self.model_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.model_optimizer.step()
+            if self.dynamics is not None:
+                dyn = dynamics_loss(self.dynamics, *self._dynamics_data(rows, norm))
+                self.dynamics_optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]
+                dyn.backward()
+                self.dynamics_optimizer.step()  # type: ignore[union-attr]
+        self.fit_dynamics_loss = float(dyn.detach())
         return float(loss.detach())
+
+    def _dynamics_data(self, rows: np.ndarray, norm: tuple[torch.Tensor, torch.Tensor] | None = None):
+        mean, std = norm if norm is not None else (self.policy.obs_mean, self.policy.obs_std)
+        spec = self.policy.spec
+        return dynamics_data(torch.as_tensor(rows, device=self.device), spec.obs_dim, spec.act_dim, mean, std)
+
+    def _dynamics_scales(self, rows: np.ndarray) -> np.ndarray:
+        """The dynamics model's robust residual scale per obs dimension on rows it has not been fitted on."""
+        with torch.no_grad():
+            x, target = self._dynamics_data(rows)
+            predicted = self.dynamics(x).cpu().numpy() if self.replay.count else None  # type: ignore[misc]
+        return residual_scales(predicted, target.cpu().numpy())
 
     def _model_input(self, rows: np.ndarray, norm: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Raw rows [obs, action, next obs, z] -> the model's input, normalised as the numpy twin does."""
@@ -233,12 +295,26 @@ class BeliefLearner(MultiTaskPPO):
         arrays = dict(actor.arrays)
         for name, tensor in self.model.state_dict().items():
             arrays[f"model.{name}"] = tensor.detach().cpu().numpy().astype(np.float32)
+        if self.dynamics is not None:
+            spec = replace(spec, dynamics_sizes=tuple(self.config.dynamics_sizes))
+            arrays.update(self._dynamics_arrays())
         arrays["belief.low"], arrays["belief.high"] = self.low.astype(np.float32), self.high.astype(np.float32)
         c = self.config
         settings = {"particles": c.belief_particles, "resample_every": c.belief_resample_every,
                     "likelihood_scale": c.belief_likelihood * self.model_error, "jitter": c.belief_jitter}
         arrays["belief.settings"] = np.asarray([settings[k] for k in SETTINGS], np.float32)
         return PolicyWeights(spec, arrays, version)
+
+    def _dynamics_arrays(self) -> dict[str, np.ndarray]:
+        """`dynamics.*` weights, the likelihood scale per obs dimension (the measured residual scale x the belief's
+        likelihood factor, as the reward's) and the log-likelihood weight (policy.belief.DynamicsTwin)."""
+        arrays = {f"dynamics.{name}": t.detach().cpu().numpy().astype(np.float32)
+                  for name, t in self.dynamics.state_dict().items()}  # type: ignore[union-attr]
+        c = self.config
+        weight = c.dynamics_weight if c.dynamics_weight is not None else 1.0 / self.policy.spec.obs_dim
+        arrays["dynamics.scale"] = (c.belief_likelihood * self.dynamics_error).astype(np.float32)
+        arrays["dynamics.weight"] = np.asarray([weight], np.float32)
+        return arrays
 
     # ---- evaluation ----------------------------------------------------------------------
     def adaptation(self, tasks: Sequence[Task], rounds: int, version: str, episodes: int) -> Plan:
@@ -250,7 +326,7 @@ class BeliefLearner(MultiTaskPPO):
 
     def oracle(self) -> Learner:
         """The yardstick: this learner's actor given each task's true vector (same env-step budget)."""
-        return OracleLearner(self.actor_weights("oracle"), self.context_for)
+        return OracleLearner(self.actor_weights("oracle"), self.context_for, self.robot_params)
 
     def state_dict(self) -> dict:
         self.settle_model()
@@ -258,7 +334,15 @@ class BeliefLearner(MultiTaskPPO):
                 "model_optimizer": self.model_optimizer.state_dict(), "replay": self.replay.state_dict(),
                 "model_error": self.model_error, "model_loss": self.model_loss,
                 "numpy_rng": json.dumps(self.rng.bit_generator.state),
-                "model_rng": json.dumps(self.model_rng.bit_generator.state)}
+                "model_rng": json.dumps(self.model_rng.bit_generator.state),
+                "prior_box": (self.low.tolist(), self.high.tolist(), self.box_seen), **self._dynamics_state()}
+
+    def _dynamics_state(self) -> dict:
+        if self.dynamics is None:
+            return {}
+        return {"dynamics": self.dynamics.state_dict(), "dynamics_loss": self.dynamics_loss,
+                "dynamics_optimizer": self.dynamics_optimizer.state_dict(),  # type: ignore[union-attr]
+                "dynamics_error": self.dynamics_error.tolist()}
 
     def load_state_dict(self, state: dict) -> None:
         self.settle_model()
@@ -271,7 +355,24 @@ class BeliefLearner(MultiTaskPPO):
         self.replay.load_state_dict(state.pop("replay"))
         self.model_error = float(state.pop("model_error"))
         self.rng.bit_generator.state = json.loads(state.pop("numpy_rng"))
+        if "prior_box" in state:  # checkpoints before robot vectors: the box came from the training tasks
+            low, high, seen = state.pop("prior_box")
+            self.low, self.high, self.box_seen = np.asarray(low, np.float64), np.asarray(high, np.float64), bool(seen)
+        self._load_dynamics(state)
         super().load_state_dict(state)
+
+    def _load_dynamics(self, state: dict) -> None:
+        """Pop the dynamics model's entries from `state` into this learner (a learner without one refuses them)."""
+        if "dynamics" not in state:
+            if self.dynamics is not None:
+                raise ValueError("belief: this checkpoint has no dynamics model, but learner.dynamics is on")
+            return
+        if self.dynamics is None:
+            raise ValueError("belief: this checkpoint has a dynamics model, but learner.dynamics is off")
+        self.dynamics.load_state_dict(state.pop("dynamics"))
+        self.dynamics_optimizer.load_state_dict(state.pop("dynamics_optimizer"))  # type: ignore[union-attr]
+        self.dynamics_error = np.asarray(state.pop("dynamics_error"), np.float64)
+        self.dynamics_loss = float(state.pop("dynamics_loss"))
 
 
 class OracleLearner(EvaluationOnly):
@@ -280,12 +381,14 @@ class OracleLearner(EvaluationOnly):
 
     algorithm = ORACLE
 
-    def __init__(self, weights: PolicyWeights, encode):
+    def __init__(self, weights: PolicyWeights, encode, robot_params: tuple[str, ...] = ()):
         super().__init__(weights)
         self.encode = encode
+        self.robot_params = tuple(robot_params)  # given: each task is told its robot's vector instead
 
     def adaptation(self, tasks: Sequence[Task], rounds: int, version: str, episodes: int) -> Plan:
         tasks = tuple(tasks)
-        contexts = tuple(self.encode(t) for t in tasks)
+        contexts = () if self.robot_params else tuple(self.encode(t) for t in tasks)
         for k in range(rounds):
-            yield Collect("eval", tasks, (self.weights,) * len(tasks), episodes, "eval", contexts, measures=(k,))
+            yield Collect("eval", tasks, (self.weights,) * len(tasks), episodes, "eval", contexts, measures=(k,),
+                          robot_params=self.robot_params)

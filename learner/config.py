@@ -221,6 +221,15 @@ class LearnerConfig(_Strict):
                                      "model's errors are correlated along a trajectory)")
     belief_jitter: float = Field(0.2, ge=0, description="belief: particle jitter on resampling, a fraction of "
                                  "the belief's spread")
+    dynamics: bool = Field(False, description="belief: also learn a dynamics model p(next obs | obs, action, z) and "
+                           "infer z from every observation change too, not from rewards only (what a robot's joint "
+                           "gains need: they show in its motion, hardly in its reward)")
+    dynamics_sizes: tuple[int, ...] = Field((128, 128), min_length=1, description="belief: dynamics model hidden "
+                                            "sizes (ReLU)")
+    dynamics_weight: float | None = Field(None, ge=0, description="belief: weight of the dynamics log-likelihood "
+                                          "(summed over obs dimensions) next to the reward's; null = 1 / obs_dim "
+                                          "(one transition, one piece of evidence: its dimensions share one "
+                                          "model's errors)")
 
     @field_validator("robot_params")
     @classmethod
@@ -244,6 +253,9 @@ class LearnerConfig(_Strict):
         if self.conditioning != "none" and self.algorithm != "mtppo":
             raise ValueError(f"conditioning {self.conditioning!r} applies to algorithm 'mtppo' only "
                              f"(got algorithm {self.algorithm!r}); meta-learners infer the task from reward")
+        if self.dynamics and self.algorithm != "belief":
+            raise ValueError(f"dynamics (a learned dynamics model for task inference) applies to algorithm 'belief' "
+                             f"only, got {self.algorithm!r}")
         if self.pcgrad and self.algorithm != "mtppo":
             raise ValueError(f"pcgrad applies to algorithm 'mtppo' only, got {self.algorithm!r}")
         if self.inner_rates == "per_step" and self.algorithm != "maml":

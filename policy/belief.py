@@ -20,7 +20,9 @@ so workers, evaluation and the robot runtime drive it as any recurrent policy.
 Arrays (`belief_shapes`): the actor (a concat-conditioned Gaussian MLP, `policy.mlp` names), the task model
 `model.hidden.{i}.*` / `model.out.*` (ReLU MLP on [normalised obs, action, normalised next obs, z]), the
 prior box `belief.low` / `belief.high` (the training tasks' z range) and `belief.settings` =
-[particles, resample_every, likelihood scale, jitter].
+[particles, resample_every, likelihood scale, jitter]; optionally (`spec.dynamics_sizes`) a dynamics model
+`dynamics.*` p(s' | s, a, z) whose next-observation likelihood joins the reward's (:class:`DynamicsTwin`), so that z
+can hold what only the dynamics reveal (a robot's joint gains).
 """
 
 from __future__ import annotations
@@ -155,6 +157,51 @@ def log_mean_likelihood(loglik: np.ndarray) -> np.ndarray:
     return _logsumexp(loglik) - np.log(loglik.shape[-1])
 
 
+def student_t(residual: np.ndarray) -> np.ndarray:
+    """Student-t log-density of standardised residuals, up to its constant (0 at a residual of 0)."""
+    return -0.5 * (STUDENT_NU + 1.0) * np.log1p(residual * residual / STUDENT_NU)
+
+
+class DynamicsTwin:
+    """The numpy twin of `learner.belief_dynamics.DynamicsModel`: a ReLU MLP on [normalised obs, clipped action, z]
+    predicting the normalised obs change, and the next observation's log-likelihood under it.
+
+    The likelihood is a Student-t per obs dimension with the published scales (`dynamics.scale`: the measured robust
+    residual scale per dimension x the belief's likelihood factor), summed over dimensions and tempered by
+    `dynamics.weight` (default 1 / obs_dim, `learner.config` `dynamics_weight`): the D residuals of one transition
+    are not D independent pieces of evidence - they share one model's errors, and most dimensions (a goal offset, a
+    constant) say little about z - so untempered they would outvote the reward D to 1 and make the belief as
+    overconfident as D correlated copies of one observation would."""
+
+    def __init__(self, a: dict[str, np.ndarray], spec):
+        d, act = spec.obs_dim, spec.act_dim
+        w0 = a["dynamics.hidden.0.weight"]
+        self._w_env, self._w_z = w0[:, :d + act].T.copy(), w0[:, d + act:].T.copy()  # per trial / per particle
+        self._b0 = a["dynamics.hidden.0.bias"]
+        self._layers = [(a[f"dynamics.hidden.{i}.weight"].T.copy(), a[f"dynamics.hidden.{i}.bias"])
+                        for i in range(1, len(spec.dynamics_sizes))]
+        self._out = (a["dynamics.out.weight"].T.copy(), a["dynamics.out.bias"])
+        self.scale = a["dynamics.scale"].astype(np.float64)
+        self.weight = float(a["dynamics.weight"][0])
+        if not np.all(self.scale > 0) or not self.weight >= 0:
+            raise ValueError(f"belief dynamics: scales must be > 0 and the weight >= 0, got {self.scale.tolist()}, "
+                             f"{self.weight}")
+
+    def predict(self, obs_norm: np.ndarray, action, z) -> np.ndarray:
+        """Normalised obs change [B, N, D] for normalised observations [B, D], actions [B, A], z [B, N, C]."""
+        x = np.concatenate([obs_norm, np.clip(np.asarray(action, np.float32), -INPUT_CLIP, INPUT_CLIP)], axis=-1)
+        h = np.maximum((x @ self._w_env + self._b0)[:, None, :] + np.asarray(z, np.float32) @ self._w_z, 0.0)
+        for w, b in self._layers:
+            h = np.maximum(h @ w + b, 0.0)
+        return h @ self._out[0] + self._out[1]
+
+    def log_likelihood(self, obs_norm: np.ndarray, action, next_norm: np.ndarray, z) -> np.ndarray:
+        """weight x sum over obs dimensions of the Student-t log-likelihood of the observed change [B, N]."""
+        observed = (next_norm - obs_norm).astype(np.float64)[:, None, :]
+        residual = (observed - self.predict(obs_norm, action, z)) / self.scale
+        return self.weight * student_t(residual).sum(axis=-1)
+
+
 def _logsumexp(x: np.ndarray) -> np.ndarray:
     peak = x.max(axis=-1)
     return peak + np.log(np.exp(x - peak[..., None]).sum(axis=-1))
@@ -180,7 +227,7 @@ class NumpyBeliefPolicy:
         if weights.spec.kind != "belief":
             raise ValueError(f"NumpyBeliefPolicy needs a 'belief' policy spec, got kind {weights.spec.kind!r}")
         self.spec, self.version = weights.spec, weights.version
-        actor_spec = replace(self.spec, kind="mlp", model_sizes=())
+        actor_spec = replace(self.spec, kind="mlp", model_sizes=(), dynamics_sizes=())
         self.actor = NumpyGaussianPolicy(PolicyWeights(actor_spec, dict(weights.arrays), weights.version))
         self.log_std = self.actor.log_std
         a = {k: np.asarray(v, np.float32) for k, v in weights.arrays.items()}
@@ -193,6 +240,7 @@ class NumpyBeliefPolicy:
         self._layers = [(a[f"model.hidden.{i}.weight"].T.copy(), a[f"model.hidden.{i}.bias"])
                         for i in range(1, len(self.spec.model_sizes))]
         self._out = (a["model.out.weight"][0].copy(), float(a["model.out.bias"][0]))
+        self._dynamics = DynamicsTwin(a, self.spec) if self.spec.dynamics_sizes else None
         self.low, self.high = a["belief.low"].astype(np.float64), a["belief.high"].astype(np.float64)
         settings = dict(zip(SETTINGS, a["belief.settings"].astype(np.float64).tolist(), strict=True))
         self.particles = int(settings["particles"])
@@ -217,6 +265,13 @@ class NumpyBeliefPolicy:
         for w, b in self._layers:
             h = np.maximum(h @ w + b, 0.0)
         return h @ self._out[0] + self._out[1]
+
+    def predict_delta(self, obs, action, z) -> np.ndarray:
+        """The dynamics model's normalised obs change for transitions [B] under task vectors z [B, N, C] ->
+        [B, N, D] (a policy without a dynamics model has none: ValueError)."""
+        if self._dynamics is None:
+            raise ValueError(f"belief policy {self.version!r} has no dynamics model (published without dynamics.*)")
+        return self._dynamics.predict(self._norm(obs), action, z)
 
     # ---- the belief ----------------------------------------------------------------------
     def initial_state(self, batch: int, rng: np.random.Generator | None = None) -> BeliefState:
@@ -257,10 +312,14 @@ class NumpyBeliefPolicy:
         return contradicted
 
     def log_likelihood(self, obs, action, reward: np.ndarray, next_obs, z: np.ndarray) -> np.ndarray:
-        """Student-t log-likelihood (up to a constant: 0 for a reward predicted exactly) of each trial's reward [B]
-        under task vectors z [B, N, C] -> [B, N]."""
+        """Student-t log-likelihood (up to a constant: 0 for a transition predicted exactly) of each trial's
+        transition [B] under task vectors z [B, N, C] -> [B, N]: the reward's, plus, with a dynamics model, the
+        next observation's (`DynamicsTwin.log_likelihood`)."""
         residual = (reward[:, None] - self.predict_reward(obs, action, next_obs, z)) / self.scale
-        return -0.5 * (STUDENT_NU + 1.0) * np.log1p(residual * residual / STUDENT_NU)
+        loglik = student_t(residual)
+        if self._dynamics is not None:
+            loglik = loglik + self._dynamics.log_likelihood(self._norm(obs), action, self._norm(next_obs), z)
+        return loglik
 
     def _rejuvenate(self, state: BeliefState, b: int, w: np.ndarray, share: float, probes: np.ndarray,
                     probe_loglik: np.ndarray, rng: np.random.Generator) -> None:

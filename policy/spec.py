@@ -32,6 +32,7 @@ class PolicySpec:
     privileged_dim: int = 0  # kind "rma": length of the privileged robot vector e the extrinsics encoder reads
     history: int = 0  # kind "rma": (obs, action) steps the adaptation module reads
     encoder_sizes: tuple[int, ...] = ()  # kind "rma": hidden sizes of the extrinsics encoder mu(e)
+    dynamics_sizes: tuple[int, ...] = ()  # kind "belief": dynamics model hidden sizes (empty: reward-only belief)
 
     def __post_init__(self) -> None:
         if self.obs_dim <= 0 or self.act_dim <= 0:
@@ -48,6 +49,9 @@ class PolicySpec:
         if self.kind == "belief" and (self.conditioning != "concat" or not self.model_sizes):
             raise ValueError(f"a 'belief' policy acts on [obs, z] and infers z with a task model: it needs "
                              f"conditioning='concat' and model_sizes, got {self.conditioning!r}, {self.model_sizes}")
+        if self.dynamics_sizes and self.kind != "belief":
+            raise ValueError(f"dynamics_sizes (a learned dynamics model) belong to a 'belief' policy, got kind "
+                             f"{self.kind!r}")
         if self.kind == "rma":
             check_rma(self)
         if self.kind == "sac" and self.conditioning != "concat":
@@ -70,6 +74,7 @@ class PolicySpec:
             "context_dim": self.context_dim,
             "num_heads": self.num_heads,
             **({"model_sizes": list(self.model_sizes)} if self.model_sizes else {}),
+            **({"dynamics_sizes": list(self.dynamics_sizes)} if self.dynamics_sizes else {}),
             **({"privileged_dim": self.privileged_dim, "history": self.history,
                 "encoder_sizes": list(self.encoder_sizes)} if self.kind == "rma" else {}),
         }
@@ -90,6 +95,7 @@ class PolicySpec:
             privileged_dim=int(data.get("privileged_dim", 0)),
             history=int(data.get("history", 0)),
             encoder_sizes=tuple(int(h) for h in data.get("encoder_sizes", ())),
+            dynamics_sizes=tuple(int(h) for h in data.get("dynamics_sizes", ())),
         )
 
     def weight_names(self) -> list[str]:
@@ -195,19 +201,37 @@ BELIEF_SETTINGS = ("particles", "resample_every", "likelihood_scale", "jitter")
 
 def belief_shapes(spec: PolicySpec) -> dict[str, tuple[int, ...]]:
     """Array name -> shape of a task-inference policy (`spec.kind == "belief"`, policy.belief): the concat actor,
-    the task model `model.*` (ReLU MLP with `spec.model_sizes`), the prior box and the inference settings."""
+    the task model `model.*` (ReLU MLP with `spec.model_sizes`), the prior box and the inference settings; with
+    `spec.dynamics_sizes`, also the dynamics model `dynamics.*` (ReLU MLP [normalised obs, action, z] -> normalised
+    obs change), its likelihood scale per obs dimension `dynamics.scale` and its log-likelihood weight
+    `dynamics.weight` (policies published without them keep today's reward-only layout)."""
     if not spec.model_sizes:
         raise ValueError("a 'belief' policy spec needs model_sizes (the task model's hidden sizes)")
-    actor = dataclasses.replace(spec, kind="mlp", model_sizes=())
+    actor = dataclasses.replace(spec, kind="mlp", model_sizes=(), dynamics_sizes=())
     shapes = dict(actor.weight_shapes())
     c = spec.context_dim
-    sizes = [model_input_dim(spec), *spec.model_sizes]
-    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
-        shapes[f"model.hidden.{i}.weight"], shapes[f"model.hidden.{i}.bias"] = (n_out, n_in), (n_out,)
-    shapes["model.out.weight"], shapes["model.out.bias"] = (1, sizes[-1]), (1,)
+    shapes.update(relu_mlp_shapes("model", model_input_dim(spec), spec.model_sizes, 1))
     shapes["belief.low"], shapes["belief.high"] = (c,), (c,)
     shapes["belief.settings"] = (len(BELIEF_SETTINGS),)
+    if spec.dynamics_sizes:
+        shapes.update(relu_mlp_shapes("dynamics", dynamics_input_dim(spec), spec.dynamics_sizes, spec.obs_dim))
+        shapes["dynamics.scale"], shapes["dynamics.weight"] = (spec.obs_dim,), (1,)
     return shapes
+
+
+def relu_mlp_shapes(prefix: str, fan_in: int, sizes: tuple[int, ...], out: int) -> dict[str, tuple[int, ...]]:
+    """`prefix.hidden.{i}.weight/bias` and `prefix.out.weight/bias` of a ReLU MLP fan_in -> sizes -> out."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    dims = [fan_in, *sizes]
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(dims)):
+        shapes[f"{prefix}.hidden.{i}.weight"], shapes[f"{prefix}.hidden.{i}.bias"] = (n_out, n_in), (n_out,)
+    shapes[f"{prefix}.out.weight"], shapes[f"{prefix}.out.bias"] = (out, dims[-1]), (out,)
+    return shapes
+
+
+def dynamics_input_dim(spec: PolicySpec) -> int:
+    """Width of one dynamics-model input: observation, action, task vector."""
+    return spec.obs_dim + spec.act_dim + spec.context_dim
 
 
 def model_input_dim(spec: PolicySpec) -> int:

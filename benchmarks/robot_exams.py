@@ -30,7 +30,8 @@ from learner.config import load_config
 from learner.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMS = {"arm": "configs/robots-arm.yaml", "cheetah": "configs/robots-cheetah.yaml"}
+EXAMS = {"arm": "configs/robots-arm.yaml", "cheetah": "configs/robots-cheetah.yaml",
+         "arm-belief": "configs/robots-arm-belief.yaml"}  # the arm exam with the belief learner (dynamics model)
 OUT = ROOT / "results" / "robot-exams.json"
 
 
@@ -109,7 +110,7 @@ def plot(runs: list[dict], png: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--exams", nargs="+", choices=sorted(EXAMS), default=sorted(EXAMS))
+    parser.add_argument("--exams", nargs="+", choices=sorted(EXAMS), default=["arm", "cheetah"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every run (e.g. train.iterations=40)")

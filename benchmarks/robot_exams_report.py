@@ -7,7 +7,8 @@ from __future__ import annotations
 import math
 import statistics
 
-ORDER = ("rma", "oracle", "robot-agnostic", "from-scratch")
+ORDER = ("rma", "belief", "oracle", "robot-agnostic", "from-scratch")
+YARDSTICKS = ("oracle", "robot-agnostic", "from-scratch")
 
 
 def mean_stderr(values: list[float]) -> tuple[float, float]:
@@ -45,36 +46,41 @@ def exam_rows(runs: list[dict]) -> list[list[str]]:
 
 
 def verdicts(runs: list[dict]) -> list[str]:
-    """The validity rule (oracle vs robot-agnostic) and the targets (RMA within its first episode)."""
-    k = "0"
-    ret = {m: spread(runs, m, "returns", k) for m in ("rma", "oracle", "robot-agnostic", "from-scratch")}
-    succ = {m: spread(runs, m, "successes", k) for m in ("rma", "oracle", "robot-agnostic")}
+    """The validity rule (oracle vs robot-agnostic) and the targets (the adaptive learner within its first episode)."""
+    k, method = "0", runs[0]["method"]
+    ret = {m: spread(runs, m, "returns", k) for m in (method, *YARDSTICKS)}
+    succ = {m: spread(runs, m, "successes", k) for m in (method, "oracle", "robot-agnostic")}
     span = ret["oracle"][0] - ret["from-scratch"][0]
     gap = (ret["oracle"][0] - ret["robot-agnostic"][0]) / span if span > 1e-9 else float("nan")
     valid = succ["oracle"][0] - succ["robot-agnostic"][0] >= 0.3 or gap >= 0.3
-    of_oracle = (ret["rma"][0] - ret["from-scratch"][0]) / span if span > 1e-9 else float("nan")
-    noise = math.hypot(ret["rma"][1], ret["robot-agnostic"][1])
-    above = (ret["rma"][0] - ret["robot-agnostic"][0]) / noise if noise > 0 else float("inf")
+    of_oracle = (ret[method][0] - ret["from-scratch"][0]) / span if span > 1e-9 else float("nan")
+    noise = math.hypot(ret[method][1], ret["robot-agnostic"][1])
+    above = (ret[method][0] - ret["robot-agnostic"][0]) / noise if noise > 0 else float("inf")
     return [f"- validity (oracle vs robot-agnostic, round 0): success {succ['oracle'][0]:.2f} vs "
             f"{succ['robot-agnostic'][0]:.2f} (gap {succ['oracle'][0] - succ['robot-agnostic'][0]:+.2f}, rule >= 0.3), "
             f"return gap {gap:.2f} of the from-scratch -> oracle range (rule >= 0.30): "
             f"**{'valid' if valid else 'not valid'}**",
-            f"- RMA within the first episode: {of_oracle:.2f} of the oracle (target >= 0.8), "
+            f"- {label(method)} within the first episode: {of_oracle:.2f} of the oracle (target >= 0.8), "
             f"{above:.1f} stderr above the robot-agnostic policy (target >= 3)"]
 
 
 def robot_rows(runs: list[dict], worst: int = 3) -> list[list[str]]:
-    """The held-out robots with the lowest RMA return (round 0), pooled over seeds and tasks."""
+    """The held-out robots with the adaptive learner's lowest return (round 0), pooled over seeds and tasks."""
+    method = runs[0]["method"]
     pooled: dict[str, dict[str, list[float]]] = {}
     for run in runs:
         for i, robot in enumerate(run["robots"]):
             cell = pooled.setdefault(robot, {})
-            for model in ("rma", "oracle", "robot-agnostic"):
+            for model in (method, "oracle", "robot-agnostic"):
                 cell.setdefault(model + "/r", []).append(run["models"][model]["returns"]["0"][i])
                 cell.setdefault(model + "/s", []).append(run["models"][model]["successes"]["0"][i])
-    order = sorted(pooled, key=lambda rid: statistics.fmean(pooled[rid]["rma/r"]))[:worst]
+    order = sorted(pooled, key=lambda rid: statistics.fmean(pooled[rid][method + "/r"]))[:worst]
     return [[rid, *[f"{statistics.fmean(pooled[rid][m + '/r']):.1f} / {statistics.fmean(pooled[rid][m + '/s']):.2f}"
-                    for m in ("rma", "oracle", "robot-agnostic")]] for rid in order]
+                    for m in (method, "oracle", "robot-agnostic")]] for rid in order]
+
+
+def label(method: str) -> str:
+    return {"rma": "RMA", "belief": "The belief learner"}.get(method, method)
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -92,8 +98,9 @@ def render_robot_exams(data: dict) -> list[str]:
         lines += [f"**{exam}** (`{runs[0]['config']}`, family `{runs[0]['family']}`, held-out robots; seeds {seeds}; "
                   f"{steps:,} env steps per run; {minutes:.0f} min per run with its yardsticks):", ""]
         lines += table(["model", "round", "return", "success", "of oracle"], exam_rows(runs))
-        lines += ["", *verdicts(runs), "", "Worst held-out robots (RMA return, round 0; return / success):", ""]
-        lines += [*table(["robot", "rma", "oracle", "robot-agnostic"], robot_rows(runs)), ""]
+        method = runs[0]["method"]
+        lines += ["", *verdicts(runs), "", f"Worst held-out robots ({method} return, round 0; return / success):", ""]
+        lines += [*table(["robot", method, "oracle", "robot-agnostic"], robot_rows(runs)), ""]
     commands = sorted({r["provenance"]["command"] for r in data["runs"]})
     lines += ["Runs from: " + "; ".join(f"`{c}`" for c in commands)]
     return lines

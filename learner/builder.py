@@ -184,6 +184,9 @@ def open_tracker(cfg: Config, resume_run_id: str | None = None) -> Tracker:
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
     tracker = Tracker(uri, cfg.tracking.experiment, run_id=resume_run_id, run_name=cfg.name)
     try:
+        if resume_run_id is None and (cfg.tracking.parent_run_id or cfg.tracking.tags):
+            parent = {"mlflow.parentRunId": cfg.tracking.parent_run_id} if cfg.tracking.parent_run_id else {}
+            tracker.set_tags({**parent, **cfg.tracking.tags})  # MLflow's UI nests a child under its parent
         tracker.log_params(cfg.flat())
         tracker.log_text(cfg.to_yaml(), "config.yaml")
         split = task_distribution(cfg)

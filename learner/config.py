@@ -307,6 +307,10 @@ class TrackingConfig(_Strict):
     )
     registered_model: str = Field("reach-maml", min_length=1, description="registry name of the meta-policy")
     checkpoint_dir: str = Field("checkpoints", description="local checkpoint root (one folder per run)")
+    parent_run_id: str | None = Field(None, description="MLflow run this run is a child of (set by `fleet sweep` "
+                                      "for its trials: the sweep's parent run)")
+    tags: dict[str, str] = Field(default_factory=dict, description="extra MLflow tags of the run (a sweep "
+                                 "trial's name, grid point and seed)")
 
 
 class Config(_Strict):

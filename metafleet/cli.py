@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 
-from metafleet import fleet_commands, registry_commands, robot_commands
+from metafleet import fleet_commands, registry_commands, robot_commands, sweep_commands
 from metafleet.args import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, bad_input, error
 from metafleet.registry_commands import add_plugin_args
 from metafleet.registry_errors import explain, registry_command
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     add_training_parsers(sub)
-    for commands in (registry_commands, robot_commands, fleet_commands):
+    for commands in (registry_commands, robot_commands, fleet_commands, sweep_commands):
         commands.add_parsers(sub)
     return parser
 

@@ -284,8 +284,15 @@ class Trainer:
     def run(self, out: Progress | None = None, stop: StopOnSignal | None = None) -> TrainResult:
         """Train to `train.iterations`; with `stop`, a SIGINT/SIGTERM ends the run after the iteration in
         progress (`stop_here`)."""
+        progress = out or Progress(self.cfg.train.iterations, start=self.iteration)
+        try:
+            return self._run(progress, stop)
+        finally:
+            if hasattr(progress, "close"):  # a terminal's bar gives the cursor back, whatever ended the run
+                progress.close()
+
+    def _run(self, progress: Progress, stop: StopOnSignal | None) -> TrainResult:
         cfg = self.cfg.train
-        progress = out or Progress(cfg.iterations, start=self.iteration)
         if self.iteration == 0 and cfg.eval_every > 0:
             self.first_eval = self.record(self.evaluate())
             self.tracker.log_metrics(self.first_eval.metrics(), step=0)

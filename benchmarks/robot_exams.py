@@ -9,6 +9,8 @@ the validity rule (oracle - robot-agnostic) and the worst held-out robots' own r
     python benchmarks/robot_exams.py --exams arm --seeds 0 1 2
     python benchmarks/robot_exams.py --exams cheetah --seeds 0 --merge     # add to the same file
     python benchmarks/robot_exams.py --plot docs/img/robot-exams.png       # the figure, from the JSON only
+    python benchmarks/robot_exams.py --exams arm --seeds 0 1 2 --sweep     # the seeds as one `fleet sweep` (Ray Tune,
+                                                                           # resumable, trials in parallel on a cluster)
 
 The JSON is rewritten after every run (a crash keeps the finished ones).
 """
@@ -77,6 +79,39 @@ def load(path: Path) -> list[dict]:
     return list(json.loads(path.read_text()).get("runs", []))
 
 
+def from_sweep(exam: str, trial: dict, prov: dict) -> dict:
+    """A `fleet sweep` trial's record (deploy/sweep.py `trial_record`) as this file's run record."""
+    models = {trial["algorithm"]: {"returns": trial["returns"], "successes": trial["successes"]},
+              **trial["baselines"]}
+    machine = prov["machine"]
+    return {"exam": exam, "seed": trial["seed"], "config": EXAMS[exam], "overrides": [f"train.seed={trial['seed']}"],
+            "method": trial["algorithm"], "family": trial["family"], "steps": trial["steps"],
+            "task_ids": trial["task_ids"], "robots": trial["robots"], "models": models,
+            "env_steps": trial["env_steps"], "iterations": trial["iterations"],
+            "train_seconds": trial["train_seconds"], "wall_seconds": trial["wall_seconds"],
+            "mlflow_run_id": trial["run_id"],
+            "provenance": {"command": prov["command"], "commit": prov["commit"],
+                           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                           "load_average_start": prov["load_average_start"],
+                           "machine": {"cpu_count": machine["cpu_count"], "cpu_model": machine["cpu_model"],
+                                       "cuda_device": provenance.cuda_device()}}}
+
+
+def run_sweep(exam: str, seeds: list[int], extra: list[str], prov: dict) -> list[dict]:
+    """The exam's seeds 0..N-1 as one `fleet sweep` (a subprocess: its own Ray, Tune trials, MLflow parent run)."""
+    import subprocess
+    import tempfile
+
+    if sorted(seeds) != list(range(len(seeds))):
+        raise SystemExit(f"--sweep runs seeds 0..N-1 (fleet sweep --seeds N); got {seeds}")
+    out = Path(tempfile.mkdtemp()) / "sweep.json"
+    name = f"exam-{exam}-{datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+    command = [sys.executable, "-m", "metafleet", "sweep", str(ROOT / EXAMS[exam]), "--seeds", str(len(seeds)),
+               "--name", name, "--out", str(out), *[x for item in extra for x in ("--set", item)]]
+    subprocess.run(command, cwd=ROOT, check=True)
+    return [from_sweep(exam, trial, prov) for trial in json.loads(out.read_text())["trials"]]
+
+
 def save(path: Path, runs: list[dict], prov: dict) -> None:
     """All runs, sorted, with this invocation's provenance on top (each run keeps its own)."""
     runs = sorted(runs, key=lambda r: (r["exam"], r["seed"]))
@@ -117,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--merge", action="store_true", help="keep the file's other runs (same exam+seed replaced)")
     parser.add_argument("--plot", type=Path, metavar="PNG", help="only draw the figure from --out's runs")
+    parser.add_argument("--sweep", action="store_true", help="run each exam's seeds as one `fleet sweep`")
     args = parser.parse_args(argv)
     if args.plot:
         plot(load(args.out), args.plot)
@@ -124,6 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     prov = provenance.start("robot_exams.py", argv)
     runs = load(args.out) if args.merge else []
     for exam in args.exams:
+        if args.sweep:
+            for record in run_sweep(exam, args.seeds, args.overrides, prov):
+                runs = [r for r in runs if (r["exam"], r["seed"]) != (exam, record["seed"])] + [record]
+            save(args.out, runs, prov)
+            print(f"robot_exams: {exam} seeds {args.seeds} done (fleet sweep) -> {args.out}", flush=True)
+            continue
         for seed in args.seeds:
             record = run_one(exam, seed, args.overrides, prov)
             runs = [r for r in runs if (r["exam"], r["seed"]) != (exam, seed)] + [record]

@@ -281,7 +281,7 @@ def run_trial(config: dict, specs: dict[str, dict]) -> None:
         result = train(cfg, resume, progress=progress)
         result.tracker.close()
         version = None
-    record = trial_record(spec, result, version, time.perf_counter() - started)
+    record = trial_record(spec, cfg, result, version, time.perf_counter() - started)
     with tempfile.TemporaryDirectory() as folder:
         Path(folder, "trial.json").write_text(json.dumps({"run_id": result.run_id, "record": record}))
         tune.report({**record["metrics"], "done": 1, "iteration": result.iterations},
@@ -318,15 +318,21 @@ def figures(result) -> dict:
             "successes": {str(k): v for k, v in result.successes.items()}}
 
 
-def trial_record(spec: dict, result, version: str | None, seconds: float) -> dict:
-    """A finished trial's record for the sweep's results JSON: its point, its held-out figures per round and
-    its yardsticks', its budget and where it lives in MLflow."""
+def trial_record(spec: dict, cfg: Config, result, version: str | None, seconds: float) -> dict:
+    """A finished trial's record for the sweep's results JSON: its point, its learner and family, its held-out
+    figures per round (and the robot of each held-out task) and its yardsticks', its budget and where it lives in
+    MLflow."""
+    from learner.builder import held_out_robots
+
     final = result.final_eval
     last = str(max(final.steps))
     metrics = {METRIC: float(np.mean(final.successes[int(last)])),
                "heldout_return": float(np.mean(final.returns[int(last)])),
                "heldout_success_round0": float(np.mean(final.successes[min(final.steps)]))}
+    family = cfg.fleet.family if isinstance(cfg.fleet.family, str) else "+".join(sorted(cfg.fleet.family))
+    robots = [r.robot_id for r in held_out_robots(cfg, len(final.task_ids))]
     return {"key": spec["key"], "point": spec["point"], "seed": spec["seed"], "run_id": result.run_id,
+            "algorithm": cfg.learner.algorithm, "family": family, "robots": robots,
             "registered_version": version, "iterations": result.iterations, "env_steps": result.env_steps,
             "steps": list(final.steps), "task_ids": list(final.task_ids), **figures(final),
             "baselines": {name: figures(r) for name, r in result.baselines.items()}, "metrics": metrics,

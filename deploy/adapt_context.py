@@ -3,13 +3,15 @@
 The protocol (:func:`context_adaptation`, as `fleet run --adapt`): before-episodes unadapted, N context episodes
 through the safety layer, after-episodes on the before-episodes' seeds; what is registered per kind:
 
-- PEARL (``sac``): the meta-policy's weights plus the posterior over z it inferred (manifest ``posterior``);
-- belief: its task-conditioned actor with the task vector fixed to the belief's mean (:func:`fixed_actor`);
-- RMA (``rma``): its z-conditioned actor with z fixed to the adaptation module's mean estimate over every step of
+- PEARL (adaptation "posterior"): the meta-policy's weights plus the posterior over z it inferred (manifest
+  ``posterior``);
+- belief ("fixed task vector"): its task-conditioned actor with the task vector fixed to the belief's mean
+  (:func:`fixed_actor`);
+- RMA ("fixed latent"): its z-conditioned actor with z fixed to the adaptation module's mean estimate over every step of
   the context episodes (:func:`fixed_latent_actor`): a robot-specific version that needs no history.
 
 Both fixed-vector versions use one mechanism, the manifest's ``conditioning.fixed`` (policy.driver).
-:data:`IN_CONTEXT` is the one place that maps a policy kind to its adaptation.
+:data:`ON_ROBOT` maps each way a kind adapts by inference (``policy.kinds.PolicyKind.adaptation``) to its job.
 """
 
 from __future__ import annotations
@@ -149,5 +151,6 @@ def adapt_rma(registry, resolved, meta, cfg, address, task, rid, episodes, seed)
                        lambda adapted: fixed_latent_actor(meta, adapted["z"]), "rma")
 
 
-# policy kind -> its in-context adaptation (kinds not here adapt by gradient steps, or not at all: gru)
-IN_CONTEXT: dict[str, Callable[..., AdaptResult]] = {"sac": adapt_pearl, "belief": adapt_belief, "rma": adapt_rma}
+# a kind's adaptation (policy.kinds) -> its job when it adapts by inference on the robot (the other ways: deploy.adapt)
+ON_ROBOT: dict[str, Callable[..., AdaptResult]] = {"posterior": adapt_pearl, "fixed task vector": adapt_belief,
+                                                   "fixed latent": adapt_rma}

@@ -75,8 +75,9 @@ class PolicyModelMethods:
 
     @property
     def kind(self) -> str:
+        """How requests reach the policy (its columns), from what its kind is (policy.kinds, through the driver)."""
         d = self.driver
-        return "recurrent" if d.recurrent else "pearl" if d.latent else "conditioned" if d.conditioned else "mlp"
+        return "recurrent" if d.recurrent else "latent" if d.latent else "conditioned" if d.conditioned else "plain"
 
     def predict(self, context, model_input, params=None):
         """The bounded actions for a batch of requests (see the module docstring for the input per kind)."""
@@ -89,7 +90,7 @@ class PolicyModelMethods:
         """The policy's own actions, before the bounds."""
         columns = _columns(model_input)
         if columns is None:  # a bare array of observations
-            if self.kind != "mlp":
+            if self.kind != "plain":
                 raise ValueError(f"this {self.kind} policy needs named columns, not bare observations: "
                                  f"{', '.join(required_columns(self.kind))}")
             return self.policy.mean(self._obs(model_input))
@@ -99,7 +100,7 @@ class PolicyModelMethods:
         obs = self._obs(columns["obs"])
         if self.kind == "recurrent":
             return self._recurrent(obs, columns)
-        if self.kind == "pearl":
+        if self.kind == "latent":
             z = self._latents(obs.shape[0], columns)
             return {"action": self.policy.mean(obs, context=z).tolist(), "z": z.tolist()}
         if self.kind == "conditioned":
@@ -257,10 +258,10 @@ def serving_signature(artifact):
 
 
 def required_columns(kind: str) -> tuple[str, ...]:
-    """The columns besides ``obs`` a policy kind needs (see the module docstring)."""
-    return {"mlp": (), "conditioned": ("task (or task_vector)",),
+    """The columns besides ``obs`` a policy needs, by how requests reach it (`PolicyModel.kind`; module docstring)."""
+    return {"plain": (), "conditioned": ("task (or task_vector)",),
             "recurrent": ("state", "prev_action", "prev_reward", "prev_done"),
-            "pearl": ("z (or " + ", ".join(CONTEXT_COLUMNS) + ")",)}[kind]
+            "latent": ("z (or " + ", ".join(CONTEXT_COLUMNS) + ")",)}[kind]
 
 
 def _columns(model_input) -> dict | None:

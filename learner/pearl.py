@@ -37,8 +37,8 @@ from workers.batch import Batch
 
 
 def pearl_spec(spec: PolicySpec, config: LearnerConfig) -> PolicySpec:
-    """The PEARL policy spec for an env's spaces: kind "sac", z concatenated to the observation."""
-    return PolicySpec(spec.obs_dim, spec.act_dim, tuple(config.hidden_sizes), "relu", "sac", "concat",
+    """The PEARL policy spec for an env's spaces: kind "pearl", z concatenated to the observation."""
+    return PolicySpec(spec.obs_dim, spec.act_dim, tuple(config.hidden_sizes), "relu", "pearl", "concat",
                       config.latent_dim)
 
 
@@ -211,7 +211,7 @@ class PEARL(Learner):
 
     # ---- weights and state -------------------------------------------------------------------
     def policy_weights(self, version: str) -> PolicyWeights:
-        """Actor + encoder + normaliser as numpy arrays (policy.sac and policy.context run them)."""
+        """Actor + encoder + normaliser as numpy arrays (policy.pearl and policy.context run them)."""
         return self.policy.to_weights(version)
 
     def actor_parameters(self) -> list[torch.nn.Parameter]:

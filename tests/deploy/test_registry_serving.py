@@ -125,10 +125,10 @@ def test_pyfunc_predicts_the_numpy_mean_action(served, uri):
 
 
 HAND_BUILT = {  # every non-MLP kind, hand-built weights: the registry path for kinds whose requests are columns
-    "rl2": (PolicySpec(2, 2, (8,), kind="gru"), {},
+    "rl2": (PolicySpec(2, 2, (8,), kind="rl2"), {},
             {"obs": [[0.1, 0.2]], "state": [[]], "prev_action": [[0.0, 0.0]], "prev_reward": [0.0],
              "prev_done": [0.0]}),
-    "pearl": (PolicySpec(2, 2, (8,), "relu", "sac", "concat", 2), {}, {"obs": [[0.1, 0.2]], "z": [[0.5, -0.5]]}),
+    "pearl": (PolicySpec(2, 2, (8,), "relu", "pearl", "concat", 2), {}, {"obs": [[0.1, 0.2]], "z": [[0.5, -0.5]]}),
     "film": (PolicySpec(2, 2, (8,), conditioning="film", context_dim=3),
              {"conditioning": {"mode": "film", "encoding": "onehot", "train_tasks": [
                  {"family": "point", "task_id": f"point/train/{i}", "params": {"goal": [i, -i]}} for i in range(3)]}},

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from fleet.tasks import Task
+from learner.base import resolve_device
 from learner.config import LearnerConfig
 from learner.interface import Collect, Learner, Plan
 from learner.pearl_buffers import TaskBuffers, batch_transitions, concat_transitions
@@ -50,13 +51,6 @@ def first_episode(batch: Batch) -> Batch:
                                final_obs=final)
 
 
-def pick_device(name: str) -> torch.device:
-    """`learner.device`: auto = CUDA when present."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 class PEARL(Learner):
     """PEARL behind the learner interface (learner/interface.py).
 
@@ -71,7 +65,7 @@ class PEARL(Learner):
         if seed is None:  # the builder seeds torch's global RNG before building a learner: draw from it
             seed = int(torch.randint(0, 2**31 - 1, ()))
         self.config, self.spec = config, pearl_spec(spec, config)
-        self.device = pick_device(config.device)
+        self.device = resolve_device(config.device)
         s, dev = self.spec, self.device
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the process's global RNG
             torch.manual_seed(seed)

@@ -19,7 +19,7 @@ import gymnasium as gym
 import numpy as np
 
 from deploy.adapt_context import ON_ROBOT
-from deploy.adapt_record import AdaptResult, register_adapted
+from deploy.adapt_record import Adapted, AdaptResult, register_adapted
 from deploy.connect import check_address, connect_robot, with_sim_defaults
 from deploy.manifest_config import manifest_config
 from deploy.registry import Registry
@@ -162,4 +162,4 @@ def adapt_on_robot(uri: str, address: str, task_params: dict | None = None, epis
         after = collect(robot, weights, task, spec, episodes, horizon, evaluation_seed, safety, True, "eval", context)
     finally:
         robot.close()
-    return register_adapted(registry, resolved, meta, weights, rid, task, before, after, episodes, steps)
+    return register_adapted(registry, Adapted(resolved, meta, weights, rid, task, before, after, episodes, steps))

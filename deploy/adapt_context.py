@@ -21,7 +21,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from deploy.adapt_record import INHERITED, AdaptResult, EpisodeFigures, register_adapted
+from deploy.adapt_record import INHERITED, Adapted, AdaptResult, EpisodeFigures, register_adapted
 from deploy.connect import connect_robot
 from deploy.safety import SafetyConfig
 from fleet.tasks import Task
@@ -65,8 +65,8 @@ def adapt_pearl(registry, resolved, meta, cfg, address, task, rid, episodes, see
     posterior = {"mu": adapted["mu"], "var": adapted["var"], "z": adapted["z"], "context_episodes": episodes,
                  "transitions": adapted["transitions"], "collect_s": adapted["collect_s"],
                  "infer_s": adapted["infer_s"]}
-    return register_adapted(registry, resolved, meta, meta.weights, rid, task, EpisodeFigures(before),
-                            EpisodeFigures(after), episodes, 0, extra={"posterior": posterior})
+    return register_adapted(registry, Adapted(resolved, meta, meta.weights, rid, task, EpisodeFigures(before),
+                                              EpisodeFigures(after), episodes, 0, extra={"posterior": posterior}))
 
 
 def actor_weights(meta: PolicyArtifact) -> PolicyWeights:
@@ -131,9 +131,9 @@ def adapt_fixed(registry, resolved, meta, address, task, rid, episodes, seed,
     inferred = {"mean": adapted["z"], "std": adapted["std"], "context_episodes": episodes,
                 "transitions": adapted["transitions"], "collect_s": adapted["collect_s"],
                 "infer_s": adapted["infer_s"], "policy_ms_per_step": adapted["policy_ms_per_step"]}
-    return register_adapted(registry, resolved, meta, built["weights"], rid, task, EpisodeFigures(before),
-                            EpisodeFigures(after), episodes, 0, extra={"conditioning": built["conditioning"],
-                                                                       record: inferred})
+    extra = {"conditioning": built["conditioning"], record: inferred}
+    return register_adapted(registry, Adapted(resolved, meta, built["weights"], rid, task, EpisodeFigures(before),
+                                              EpisodeFigures(after), episodes, 0, extra))
 
 
 def adapt_belief(registry, resolved, meta, cfg, address, task, rid, episodes, seed) -> AdaptResult:

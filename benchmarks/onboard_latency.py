@@ -48,8 +48,8 @@ TRAIN_TASKS = [("robot_reach", f"robot_reach/train/{i}", {"goal": [0.5 + 0.05 * 
 SPECS = {
     "mlp": PolicySpec(OBS, ACT, HIDDEN),
     "film": PolicySpec(OBS, ACT, HIDDEN, conditioning="film", context_dim=3),
-    "rl2": PolicySpec(OBS, ACT, (128,), kind="gru"),
-    "pearl": PolicySpec(OBS, ACT, HIDDEN, "relu", "sac", "concat", 8),
+    "rl2": PolicySpec(OBS, ACT, (128,), kind="rl2"),
+    "pearl": PolicySpec(OBS, ACT, HIDDEN, "relu", "pearl", "concat", 8),
     "belief": PolicySpec(OBS, ACT, HIDDEN, kind="belief", conditioning="concat", context_dim=3, model_sizes=(128, 128)),
     "rma": PolicySpec(OBS, ACT, HIDDEN, conditioning="film", context_dim=8, kind="rma", model_sizes=(256, 128),
                       privileged_dim=12, history=10, encoder_sizes=(64,)),

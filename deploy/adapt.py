@@ -6,7 +6,7 @@ Collect N support episodes on the robot, take K policy-gradient steps (the meta-
 inner step), evaluate adapted vs unadapted on fresh episodes, register the adapted version
 (parent model/version, robot, task, figures as tags) and move `robot-<id>` only if adaptation
 did not make things worse. Kinds that adapt by inference on the robot take no gradient step
-(deploy/adapt_context.py, :data:`deploy.adapt_context.IN_CONTEXT`): PEARL registers the posterior over z; a belief
+(deploy/adapt_context.py, :data:`deploy.adapt_context.ON_ROBOT`): PEARL registers the posterior over z; a belief
 policy its actor with the task vector fixed to the belief's mean; an RMA policy its actor with z fixed to the
 adaptation module's mean estimate. Registration (lineage, figures, aliases): deploy/adapt_record.py.
 """
@@ -18,8 +18,8 @@ import re
 import gymnasium as gym
 import numpy as np
 
-from deploy.adapt_context import IN_CONTEXT
-from deploy.adapt_record import AdaptResult, register_adapted
+from deploy.adapt_context import ON_ROBOT
+from deploy.adapt_record import Adapted, AdaptResult, register_adapted
 from deploy.connect import check_address, connect_robot, with_sim_defaults
 from deploy.manifest_config import manifest_config
 from deploy.registry import Registry
@@ -29,7 +29,7 @@ from fleet.robots import RobotSpec
 from fleet.tasks import Task
 from learner.builder import make_learner, task_distribution
 from learner.seeds import derive_seed as request_seed
-from policy import NumpyGaussianPolicy, PolicyWeights
+from policy import NumpyGaussianPolicy, PolicyWeights, policy_kind
 from policy.artifact import PolicyArtifact
 from policy.taskvec import TaskVectorEncoder
 from workers.batch import Batch
@@ -85,7 +85,7 @@ def collect(robot: Robot, weights: PolicyWeights, task: Task, spec: RobotSpec, e
 def task_vector(manifest: dict, spec, task: Task) -> tuple[float, ...]:
     """The task vector a task-conditioned policy sees for `task` (empty when it is task-agnostic), from the
     manifest's ``conditioning`` with the encoder training used (policy.taskvec)."""
-    if spec.kind != "mlp" or spec.conditioning == "none":
+    if not policy_kind(spec).task_vector or spec.conditioning == "none":
         return ()
     section = manifest.get("conditioning")
     if not isinstance(section, dict):
@@ -127,7 +127,8 @@ def adapt_on_robot(uri: str, address: str, task_params: dict | None = None, epis
     resolved = registry.resolve(uri)
     meta = PolicyArtifact.load(registry.download(resolved), expected_digest=resolved.sha256)
     manifest = meta.manifest
-    if meta.weights.spec.kind == "gru":  # RL^2: nothing to take gradient steps on; say so before touching a robot
+    kind = policy_kind(meta.weights.spec)
+    if kind.adaptation == "in trial":  # e.g. RL^2: nothing to take gradient steps on; say so before touching a robot
         raise ValueError(f"{uri} is a recurrent in-context policy ({manifest.get('algorithm', 'rl2')}): it adapts in "
                          "its hidden state over a trial, not by gradient steps, so `fleet adapt` does not apply; "
                          "measure its in-context adaptation with `fleet eval`")
@@ -137,7 +138,7 @@ def adapt_on_robot(uri: str, address: str, task_params: dict | None = None, epis
     task = adaptation_task(cfg, task_params, rid, manifest.get("default_family"))
     address = with_sim_defaults(address, family=task.family, model=spec.model)
     check_address(address)  # a bad address (e.g. a robot id its fleet file lacks) fails before any episode
-    in_context = IN_CONTEXT.get(meta.weights.spec.kind)
+    in_context = ON_ROBOT.get(kind.adaptation)
     if in_context is not None:  # adaptation is inference on the robot (PEARL, belief, RMA), no gradient step
         return in_context(registry, resolved, meta, cfg, address, task, rid, episodes, seed)
     context = task_vector(manifest, meta.weights.spec, task)
@@ -161,4 +162,4 @@ def adapt_on_robot(uri: str, address: str, task_params: dict | None = None, epis
         after = collect(robot, weights, task, spec, episodes, horizon, evaluation_seed, safety, True, "eval", context)
     finally:
         robot.close()
-    return register_adapted(registry, resolved, meta, weights, rid, task, before, after, episodes, steps)
+    return register_adapted(registry, Adapted(resolved, meta, weights, rid, task, before, after, episodes, steps))

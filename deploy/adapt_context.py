@@ -3,13 +3,15 @@
 The protocol (:func:`context_adaptation`, as `fleet run --adapt`): before-episodes unadapted, N context episodes
 through the safety layer, after-episodes on the before-episodes' seeds; what is registered per kind:
 
-- PEARL (``sac``): the meta-policy's weights plus the posterior over z it inferred (manifest ``posterior``);
-- belief: its task-conditioned actor with the task vector fixed to the belief's mean (:func:`fixed_actor`);
-- RMA (``rma``): its z-conditioned actor with z fixed to the adaptation module's mean estimate over every step of
+- PEARL (adaptation "posterior"): the meta-policy's weights plus the posterior over z it inferred (manifest
+  ``posterior``);
+- belief ("fixed task vector"): its task-conditioned actor with the task vector fixed to the belief's mean
+  (:func:`fixed_actor`);
+- RMA ("fixed latent"): its z-conditioned actor with z fixed to the adaptation module's mean estimate over every step of
   the context episodes (:func:`fixed_latent_actor`): a robot-specific version that needs no history.
 
 Both fixed-vector versions use one mechanism, the manifest's ``conditioning.fixed`` (policy.driver).
-:data:`IN_CONTEXT` is the one place that maps a policy kind to its adaptation.
+:data:`ON_ROBOT` maps each way a kind adapts by inference (``policy.kinds.PolicyKind.adaptation``) to its job.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from deploy.adapt_record import INHERITED, AdaptResult, EpisodeFigures, register_adapted
+from deploy.adapt_record import INHERITED, Adapted, AdaptResult, EpisodeFigures, register_adapted
 from deploy.connect import connect_robot
 from deploy.safety import SafetyConfig
 from fleet.tasks import Task
@@ -63,8 +65,8 @@ def adapt_pearl(registry, resolved, meta, cfg, address, task, rid, episodes, see
     posterior = {"mu": adapted["mu"], "var": adapted["var"], "z": adapted["z"], "context_episodes": episodes,
                  "transitions": adapted["transitions"], "collect_s": adapted["collect_s"],
                  "infer_s": adapted["infer_s"]}
-    return register_adapted(registry, resolved, meta, meta.weights, rid, task, EpisodeFigures(before),
-                            EpisodeFigures(after), episodes, 0, extra={"posterior": posterior})
+    return register_adapted(registry, Adapted(resolved, meta, meta.weights, rid, task, EpisodeFigures(before),
+                                              EpisodeFigures(after), episodes, 0, extra={"posterior": posterior}))
 
 
 def actor_weights(meta: PolicyArtifact) -> PolicyWeights:
@@ -130,9 +132,9 @@ def adapt_fixed(registry, resolved, meta, address, task, rid, episodes, seed,
     inferred = {"mean": adapted["z"], "std": adapted["std"], "context_episodes": episodes,
                 "transitions": adapted["transitions"], "collect_s": adapted["collect_s"],
                 "infer_s": adapted["infer_s"], "policy_ms_per_step": adapted["policy_ms_per_step"]}
-    return register_adapted(registry, resolved, meta, built["weights"], rid, task, EpisodeFigures(before),
-                            EpisodeFigures(after), episodes, 0, extra={"conditioning": built["conditioning"],
-                                                                       record: inferred})
+    extra = {"conditioning": built["conditioning"], record: inferred}
+    return register_adapted(registry, Adapted(resolved, meta, built["weights"], rid, task, EpisodeFigures(before),
+                                              EpisodeFigures(after), episodes, 0, extra))
 
 
 def adapt_belief(registry, resolved, meta, cfg, address, task, rid, episodes, seed) -> AdaptResult:
@@ -150,5 +152,6 @@ def adapt_rma(registry, resolved, meta, cfg, address, task, rid, episodes, seed)
                        lambda adapted: fixed_latent_actor(meta, adapted["z"]), "rma")
 
 
-# policy kind -> its in-context adaptation (kinds not here adapt by gradient steps, or not at all: gru)
-IN_CONTEXT: dict[str, Callable[..., AdaptResult]] = {"sac": adapt_pearl, "belief": adapt_belief, "rma": adapt_rma}
+# a kind's adaptation (policy.kinds) -> its job when it adapts by inference on the robot (the other ways: deploy.adapt)
+ON_ROBOT: dict[str, Callable[..., AdaptResult]] = {"posterior": adapt_pearl, "fixed task vector": adapt_belief,
+                                                   "fixed latent": adapt_rma}

@@ -6,13 +6,16 @@ so every adapted version carries the same lineage and figures whatever its kind.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from deploy.history import move_alias
-from deploy.registry import git_commit
+from deploy.registry import Registry, ResolvedModel, git_commit
+from fleet.tasks import Task
 from learner.tracking import Tracker
+from policy import PolicyWeights
 from policy.artifact import PolicyArtifact
 
 ADAPT_EXPERIMENT = "metafleet-adapt"
@@ -30,6 +33,32 @@ class EpisodeFigures:
 
     def success_rate(self) -> float:
         return float(np.mean([r["success"] for r in self.results]))
+
+
+class Figures(Protocol):
+    """What registration reads of evaluation episodes: a Batch, or :class:`EpisodeFigures`."""
+
+    def mean_return(self) -> float: ...
+
+    def success_rate(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class Adapted:
+    """What one adaptation of the meta-policy `meta` (registered as `resolved`) produced on robot `robot_id`:
+    `weights` and the manifest sections `extra` of the adapted artifact, its before/after figures on `task`, and
+    the `episodes` / gradient `steps` it took."""
+
+    resolved: ResolvedModel
+    meta: PolicyArtifact
+    weights: PolicyWeights
+    robot_id: str
+    task: Task
+    before: Figures
+    after: Figures
+    episodes: int
+    steps: int
+    extra: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -51,12 +80,13 @@ class AdaptResult:
         return dict(self.__dict__)
 
 
-def register_adapted(registry, resolved, meta, weights, rid, task, before, after, episodes, steps,
-                     extra: dict | None = None) -> AdaptResult:
-    """Register `weights` as the adapted version of `meta` on robot `rid` (model `<parent>-adapted`), with its
-    lineage and before/after figures as tags; `candidate` moves to it, `robot-<rid>` only if adaptation did not make
-    things worse. `before`/`after`: anything with ``mean_return()`` and ``success_rate()`` (a Batch, or
-    :class:`EpisodeFigures`); `extra`: manifest sections of the adapted artifact."""
+def register_adapted(registry: Registry, adapted: Adapted) -> AdaptResult:
+    """Register the adapted weights as the adapted version of the meta-policy on its robot (model
+    `<parent>-adapted`), with its lineage and before/after figures as tags; `candidate` moves to it,
+    `robot-<robot_id>` only if adaptation did not make things worse."""
+    resolved, meta, rid, task, episodes, steps = (adapted.resolved, adapted.meta, adapted.robot_id, adapted.task,
+                                                  adapted.episodes, adapted.steps)
+    before, after = adapted.before, adapted.after
     parent_name = resolved.name or meta.manifest.get("registered_model", "metafleet")
     model = f"{parent_name}-adapted"
     figures = {"return_before": before.mean_return(), "return_after": after.mean_return(),
@@ -66,8 +96,8 @@ def register_adapted(registry, resolved, meta, weights, rid, task, before, after
                "robot_id": rid, "task": task.params,
                "adapt_episodes": episodes, "adapt_steps": steps}
     manifest = {k: v for k, v in meta.manifest.items() if k not in INHERITED}
-    artifact = PolicyArtifact.build(weights, **{**manifest, "kind": "adapted-policy", "lineage": lineage,
-                                                "code_version": git_commit(), **(extra or {})})
+    artifact = PolicyArtifact.build(adapted.weights, **{**manifest, "kind": "adapted-policy", "lineage": lineage,
+                                                        "code_version": git_commit(), **adapted.extra})
     tracker = Tracker(registry.uri, ADAPT_EXPERIMENT, run_name=f"adapt-{rid}")
     try:
         tracker.log_params({k: str(v) for k, v in lineage.items()})

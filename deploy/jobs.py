@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import fleet
 from deploy.history import move_alias
 from deploy.manifest_config import check_run_plugins, manifest_config
-from deploy.registry import Registry, git_commit, log_serving_model
+from deploy.registry import Registry, git_commit
 from fleet.tasks import family_weights
 from learner.builder import held_out_robots, make_learner, robot_of, task_distribution
 from learner.conditioning import conditioning_manifest
@@ -94,7 +94,6 @@ def run_training(cfg: Config, resume_run_id: str | None = None) -> TrainJobResul
                    figures={"env_steps": result.env_steps, "iterations": result.iterations,
                             **{f"held_out_return_step{k}": s["return_mean"] for k, s in summary.items()},
                             **{f"held_out_success_step{k}": s["success_mean"] for k, s in summary.items()}})
-        log_serving_model(result.run_id, artifact)
         tracker.set_tags({"registered_model": cfg.tracking.registered_model, "registered_version": version})
     except BaseException:
         tracker.close("FAILED")

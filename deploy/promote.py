@@ -14,6 +14,20 @@ from deploy.jobs import evaluate_model
 from deploy.registry import Registry, RegistryError
 
 
+@dataclass(frozen=True)
+class GateEvaluation:
+    """How the gate evaluates candidate and incumbent (both the same way: same held-out tasks and seed), and the
+    plugin families the user allows their manifests to use (``allow_plugins`` / ``plugin_config``)."""
+
+    steps: tuple[int, ...] = (0, 1)
+    episodes: int = 10
+    num_tasks: int = 10
+    backend: str = "local"
+    num_workers: int = 1
+    allow_plugins: tuple[str, ...] = ()
+    plugin_config: str | None = None
+
+
 @dataclass
 class PromotionDecision:
     model: str
@@ -30,15 +44,12 @@ class PromotionDecision:
         return dict(self.__dict__)
 
 
-def promote(model: str, version: str, alias: str = "production", force: bool = False, steps: tuple[int, ...] = (0, 1),
-            episodes: int = 10, num_tasks: int = 10, backend: str = "local", num_workers: int = 1,
-            registry: Registry | None = None, allow_plugins: tuple[str, ...] = (),
-            plugin_config: str | None = None) -> PromotionDecision:
-    """Evaluate candidate and incumbent the same way (same held-out tasks and seed) and decide.
-
-    Both are verified and evaluated by :func:`deploy.jobs.evaluate_model`; ``allow_plugins`` /
-    ``plugin_config`` name the plugin families the user allows their manifests to use."""
+def promote(model: str, version: str, alias: str = "production", force: bool = False,
+            evaluation: GateEvaluation = GateEvaluation(), registry: Registry | None = None) -> PromotionDecision:
+    """Evaluate candidate and incumbent as `evaluation` says (both verified and evaluated by
+    :func:`deploy.jobs.evaluate_model`) and decide."""
     registry = registry or Registry()
+    steps, episodes, num_tasks = evaluation.steps, evaluation.episodes, evaluation.num_tasks
     try:
         registry.client.get_model_version(model, version)
     except MlflowException as exc:
@@ -53,8 +64,9 @@ def promote(model: str, version: str, alias: str = "production", force: bool = F
         incumbent = None
 
     def score(v: str) -> float:
-        result = evaluate_model(f"models:/{model}/{v}", "test", steps, episodes, num_tasks, backend, num_workers,
-                                allow_plugins=allow_plugins, plugin_config=plugin_config)
+        result = evaluate_model(f"models:/{model}/{v}", "test", steps, episodes, num_tasks, evaluation.backend,
+                                evaluation.num_workers, allow_plugins=evaluation.allow_plugins,
+                                plugin_config=evaluation.plugin_config)
         return result.summary()[max(steps)]["return_mean"]
 
     candidate_return = score(version)

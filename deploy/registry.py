@@ -166,13 +166,3 @@ def _pulled_digest(directory: str) -> str | None:
 
 def _short(exc: MlflowException) -> str:
     return str(exc.message if hasattr(exc, "message") else exc).splitlines()[0]
-
-
-def log_serving_model(run_id: str, artifact: PolicyArtifact) -> str:
-    """Log the same MLflow model as the registered version under `serving/` of `run_id` (kept so that
-    `runs:/<run>/serving` links go on working; `models:/NAME@ALIAS` and `runs:/<run>/policy` serve too)."""
-    client = MlflowClient(mlflow.get_tracking_uri())
-    with tempfile.TemporaryDirectory() as tmp:
-        save_policy_model(artifact, Path(tmp) / "serving", run_id, "serving")
-        client.log_artifacts(run_id, str(Path(tmp) / "serving"), "serving")
-    return f"runs:/{run_id}/serving"

@@ -1,8 +1,7 @@
 """An MLflow pyfunc for `mlflow models serve`: every policy kind, stateless.
 
-`load_context` verifies the policy's safetensors + manifest with `PolicyArtifact.load` (mandatory content
-digest, and the digest recorded in the MLmodel's model_config at logging time); `PolicyModel.from_artifact`
-builds the same model from an artifact already verified by its loader. Nothing is unpickled.
+MLflow serving loads it through metafleet's ``loader_module`` (deploy.mlflow_model), which verifies the artifact and
+builds it with `PolicyModel.from_artifact`. Nothing is unpickled and no code is read from the artifact store.
 
 Input (one row per request; a DataFrame, a dict of columns, or for a plain MLP just an array of observations):
 
@@ -27,35 +26,23 @@ is refused at load. The recurrent ``state`` is the policy's own, from its unboun
 Serving is stateless: a recurrent policy's state goes out with each response and comes back with the next
 request; PEARL acts with the posterior mean given the row's context.
 
-    mlflow models serve -m runs:/<run_id>/serving --env-manager local --host 127.0.0.1 -p 5001
+    mlflow models serve -m models:/<name>@<alias> --env-manager local --host 127.0.0.1 -p 5001
     curl -d '{"inputs": [[...20 floats...]]}' -H 'Content-Type: application/json' 127.0.0.1:5001/invocations
     curl -d '{"dataframe_records": [{"obs": [...], "task": {"goal": [0.6, 0.1, 0.4]}}]}' ...
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
-import mlflow.pyfunc
 import numpy as np
-from mlflow.models import set_model
 
 CONTEXT_COLUMNS = ("context_obs", "context_actions", "context_rewards", "context_next_obs")
 
 
-class PolicyModelMethods:
-    """Deterministic action of a metafleet policy of any kind for a batch of requests (the methods of
-    :class:`PolicyModel`)."""
-
-    def load_context(self, context) -> None:
-        from policy.artifact import PolicyArtifact
-
-        expected = (context.model_config or {}).get("content_sha256")
-        artifact = PolicyArtifact.load(context.artifacts["policy"], expected_digest=expected,
-                                       expected_from="digest recorded in the serving model's MLmodel")
-        self._setup(artifact)
+class PolicyModel:
+    """Deterministic action of a metafleet policy of any kind for a batch of requests (MLflow calls it through
+    ``deploy.mlflow_model.PyfuncPolicy``)."""
 
     @classmethod
     def from_artifact(cls, artifact) -> PolicyModel:
@@ -75,8 +62,9 @@ class PolicyModelMethods:
 
     @property
     def kind(self) -> str:
+        """How requests reach the policy (its columns), from what its kind is (policy.kinds, through the driver)."""
         d = self.driver
-        return "recurrent" if d.recurrent else "pearl" if d.latent else "conditioned" if d.conditioned else "mlp"
+        return "recurrent" if d.recurrent else "latent" if d.latent else "conditioned" if d.conditioned else "plain"
 
     def predict(self, context, model_input, params=None):
         """The bounded actions for a batch of requests (see the module docstring for the input per kind)."""
@@ -89,7 +77,7 @@ class PolicyModelMethods:
         """The policy's own actions, before the bounds."""
         columns = _columns(model_input)
         if columns is None:  # a bare array of observations
-            if self.kind != "mlp":
+            if self.kind != "plain":
                 raise ValueError(f"this {self.kind} policy needs named columns, not bare observations: "
                                  f"{', '.join(required_columns(self.kind))}")
             return self.policy.mean(self._obs(model_input))
@@ -99,7 +87,7 @@ class PolicyModelMethods:
         obs = self._obs(columns["obs"])
         if self.kind == "recurrent":
             return self._recurrent(obs, columns)
-        if self.kind == "pearl":
+        if self.kind == "latent":
             z = self._latents(obs.shape[0], columns)
             return {"action": self.policy.mean(obs, context=z).tolist(), "z": z.tolist()}
         if self.kind == "conditioned":
@@ -257,10 +245,10 @@ def serving_signature(artifact):
 
 
 def required_columns(kind: str) -> tuple[str, ...]:
-    """The columns besides ``obs`` a policy kind needs (see the module docstring)."""
-    return {"mlp": (), "conditioned": ("task (or task_vector)",),
+    """The columns besides ``obs`` a policy needs, by how requests reach it (`PolicyModel.kind`; module docstring)."""
+    return {"plain": (), "conditioned": ("task (or task_vector)",),
             "recurrent": ("state", "prev_action", "prev_reward", "prev_done"),
-            "pearl": ("z (or " + ", ".join(CONTEXT_COLUMNS) + ")",)}[kind]
+            "latent": ("z (or " + ", ".join(CONTEXT_COLUMNS) + ")",)}[kind]
 
 
 def _columns(model_input) -> dict | None:
@@ -297,14 +285,3 @@ def _vector(value, name: str, rows: int) -> np.ndarray:
     if out.shape != (rows,):
         raise ValueError(f"'{name}' must hold one number per row ({rows}), got shape {out.shape}")
     return out
-
-
-# MLflow asks for type hints on `predict` when a PythonModel subclass is defined, with a UserWarning it forces
-# through its own "once" filter (so no warnings filter reaches it) in every run that imports this module; requests
-# to this model are validated by its explicit signature per policy kind (signature_and_example) instead.
-with contextlib.redirect_stderr(io.StringIO()):
-    class PolicyModel(PolicyModelMethods, mlflow.pyfunc.PythonModel):
-        """Deterministic action of a metafleet policy of any kind for a batch of requests."""
-
-
-set_model(PolicyModel())

@@ -134,12 +134,6 @@ def load_newest(directory: str | Path, digests: Mapping[str, str] | None = None,
     return None
 
 
-def load_latest(directory: str | Path) -> tuple[dict, Path] | None:
-    """The newest checkpoint that loads as `(state, path)`; unreadable ones are skipped with a warning."""
-    found = load_newest(directory)
-    return None if found is None else (found.state, found.path)
-
-
 def _check_loadable(path: str) -> None:
     """Refuse state that `torch.load(weights_only=True)` cannot read back (custom objects)."""
     try:

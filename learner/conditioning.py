@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from fleet.tasks import Task
-from policy import PolicySpec
+from policy import PolicySpec, policy_kind
 from policy.taskvec import ENCODINGS, TaskVectorEncoder, flatten_params
 
 __all__ = ["ENCODINGS", "MultiHead", "TaskEncoder", "broadcast_context", "conditioned_spec",
@@ -95,7 +95,7 @@ class TaskEncoder:
 def conditioning_manifest(spec: PolicySpec, encoder: TaskEncoder | None) -> dict | None:
     """``manifest["conditioning"]`` of a policy: its mode and everything a robot needs to build task vectors the
     way training did (None for a task-agnostic policy). `encoder`: the learner's (MultiTaskPPO.encoder)."""
-    if spec.conditioning == "none" or spec.kind != "mlp":
+    if spec.conditioning == "none" or not policy_kind(spec).task_vector:
         return None
     if encoder is None:
         raise ValueError(f"a {spec.conditioning!r}-conditioned policy needs its learner's task encoder to be "

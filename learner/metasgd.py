@@ -67,9 +67,6 @@ class MetaSGD(MAML):
     algorithm = "metasgd"
 
     def make_policy(self, spec: PolicySpec) -> RatedPolicy:
-        if self.config.inner_rates != "fixed":
-            raise ValueError(f"learner.inner_rates={self.config.inner_rates!r} applies to algorithm 'maml'; metasgd "
-                             "learns one rate per parameter entry, shared by every inner step (use inner_rates: fixed)")
         policy = RatedPolicy(spec, self.config.init_std, self.config.inner_lr).to(self.device)
         policy.reset_rates(self.config.inner_lr)  # after .to(): the rates live where the parameters do
         return policy

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from fleet.tasks import Task
+from learner.base import resolve_device
 from learner.config import LearnerConfig
 from learner.interface import Collect, Learner, Plan
 from learner.pearl_buffers import TaskBuffers, batch_transitions, concat_transitions
@@ -37,8 +38,8 @@ from workers.batch import Batch
 
 
 def pearl_spec(spec: PolicySpec, config: LearnerConfig) -> PolicySpec:
-    """The PEARL policy spec for an env's spaces: kind "sac", z concatenated to the observation."""
-    return PolicySpec(spec.obs_dim, spec.act_dim, tuple(config.hidden_sizes), "relu", "sac", "concat",
+    """The PEARL policy spec for an env's spaces: kind "pearl", z concatenated to the observation."""
+    return PolicySpec(spec.obs_dim, spec.act_dim, tuple(config.hidden_sizes), "relu", "pearl", "concat",
                       config.latent_dim)
 
 
@@ -48,13 +49,6 @@ def first_episode(batch: Batch) -> Batch:
     return dataclasses.replace(batch, obs=batch.obs[:1], actions=batch.actions[:1], logp=batch.logp[:1],
                                rewards=batch.rewards[:1], mask=batch.mask[:1], success=batch.success[:1],
                                final_obs=final)
-
-
-def pick_device(name: str) -> torch.device:
-    """`learner.device`: auto = CUDA when present."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class PEARL(Learner):
@@ -71,7 +65,7 @@ class PEARL(Learner):
         if seed is None:  # the builder seeds torch's global RNG before building a learner: draw from it
             seed = int(torch.randint(0, 2**31 - 1, ()))
         self.config, self.spec = config, pearl_spec(spec, config)
-        self.device = pick_device(config.device)
+        self.device = resolve_device(config.device)
         s, dev = self.spec, self.device
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the process's global RNG
             torch.manual_seed(seed)
@@ -211,7 +205,7 @@ class PEARL(Learner):
 
     # ---- weights and state -------------------------------------------------------------------
     def policy_weights(self, version: str) -> PolicyWeights:
-        """Actor + encoder + normaliser as numpy arrays (policy.sac and policy.context run them)."""
+        """Actor + encoder + normaliser as numpy arrays (policy.pearl and policy.context run them)."""
         return self.policy.to_weights(version)
 
     def actor_parameters(self) -> list[torch.nn.Parameter]:

@@ -1,5 +1,5 @@
-"""PEARL's torch networks; `PEARLPolicy` is laid out as policy.spec.sac_shapes so it exports to numpy
-(policy.sac.NumpySACPolicy, policy.context.ContextEncoder) by name. All take any leading axes
+"""PEARL's torch networks; `PEARLPolicy` is laid out as policy.spec.pearl_shapes so it exports to numpy
+(policy.pearl.NumpyPEARLPolicy, policy.context.ContextEncoder) by name. All take any leading axes
 (tasks x transitions), so one forward serves a whole meta-batch."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from torch import nn
 from learner.sac import product_of_gaussians, tanh_gaussian_log_prob
 from policy import OBS_CLIP, PolicySpec, PolicyWeights
 
-LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # as policy.sac
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # as policy.pearl
 
 
 def mlp(sizes: list[int]) -> nn.ModuleList:
@@ -77,7 +77,7 @@ class PEARLPolicy(nn.Module):
         return torch.tanh(u), tanh_gaussian_log_prob(u, mean, log_std)
 
     def to_weights(self, version: str) -> PolicyWeights:
-        """Numpy weights named by policy.spec.sac_shapes (policy.sac and policy.context run them)."""
+        """Numpy weights named by policy.spec.pearl_shapes (policy.pearl and policy.context run them)."""
         return PolicyWeights(self.spec, {k: v.detach().cpu().numpy().astype(np.float32)
                                          for k, v in self.state_dict().items()}, version)
 

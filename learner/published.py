@@ -4,7 +4,7 @@ learner's own evaluation protocol, with nothing of the training stack rebuilt.
 :class:`PublishedInContext` is how `fleet eval` measures a registered policy that adapts in context, with numpy
 inference only: a belief policy (task inference) or an RMA policy (robot inference from its own history), both as
 their learners evaluate them - trials of `rounds` episodes, round k = the trial's episode k.
-:data:`IN_CONTEXT_KINDS` is the one place that says which policy kinds are evaluated that way.
+Which kinds are evaluated that way is theirs to say (``policy.kinds.PolicyKind.evaluated_in_context``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from fleet.tasks import Task
 from learner.interface import Collect, Learner, Plan
-from policy import PolicyWeights
+from policy import KINDS, PolicyWeights, policy_kind
 
 
 class EvaluationOnly(Learner):
@@ -38,27 +38,22 @@ class EvaluationOnly(Learner):
         pass
 
 
-# the policy kinds whose published weights `fleet eval` evaluates in context (trials of `rounds` episodes), by
-# numpy inference alone; the algorithm reported is the kind's learner, named like the kind
-IN_CONTEXT_KINDS = ("belief", "rma")
-
-
 class PublishedInContext(EvaluationOnly):
-    """A published in-context policy (numpy weights, e.g. from the registry) of a kind in :data:`IN_CONTEXT_KINDS`,
+    """A published in-context policy (numpy weights, e.g. from the registry) of a kind evaluated in context,
     evaluated as its learner evaluates it: trials of `rounds` episodes, round k = the trial's episode k (the
     belief keeps its belief across the trial; RMA's history restarts every episode, so every round measures
     adaptation within one episode)."""
 
     def __init__(self, weights: PolicyWeights):
-        kind = weights.spec.kind
-        if kind not in IN_CONTEXT_KINDS:
-            raise ValueError(f"PublishedInContext evaluates in-context policies of kinds {list(IN_CONTEXT_KINDS)}, "
-                             f"got kind {kind!r}")
-        if kind == "rma" and float(weights.arrays["rma.mode"][0]) < 0.5:
-            raise ValueError("a published RMA policy is evaluated adaptive (z from its own history): these weights "
-                             "are privileged (rma.mode 0: z from the robot's true parameters)")
+        kind = policy_kind(weights.spec)
+        if not kind.evaluated_in_context:
+            in_context = [k.name for k in KINDS.values() if k.evaluated_in_context]
+            raise ValueError(f"PublishedInContext evaluates in-context policies of kinds {in_context}, "
+                             f"got kind {kind.name!r}")
+        if kind.check_published is not None:
+            kind.check_published(weights)
         super().__init__(weights)
-        self.algorithm = kind
+        self.algorithm = kind.name  # the kind's learner, named like the kind
 
     def adaptation(self, tasks: Sequence[Task], rounds: int, version: str, episodes: int) -> Plan:
         yield Collect("eval", tuple(tasks), (self.weights,) * len(tasks), episodes * rounds, "trials",
@@ -68,4 +63,4 @@ class PublishedInContext(EvaluationOnly):
 def published_learner(weights: PolicyWeights) -> Learner | None:
     """The evaluation-only learner for published weights of an in-context kind; None for the kinds whose
     learner is rebuilt around the weights (`learner.builder.make_learner`)."""
-    return PublishedInContext(weights) if weights.spec.kind in IN_CONTEXT_KINDS else None
+    return PublishedInContext(weights) if policy_kind(weights.spec).evaluated_in_context else None

@@ -1,4 +1,4 @@
-"""The torch twin of `workers.recurrent.NumpyRecurrentPolicy`: a Gaussian GRU policy for RL^2,
+"""The torch twin of `workers.recurrent.NumpyRL2Policy`: a Gaussian GRU policy for RL^2,
 evaluated over whole trials (BPTT through every episode of a trial)."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from policy import INPUT_CLIP, OBS_CLIP, PolicySpec, PolicyWeights, input_dim
 
 def recurrent_spec(spec: PolicySpec, hidden: int) -> PolicySpec:
     """`spec` as a GRU policy of width `hidden` (a spec that already is one is kept as it is)."""
-    if spec.kind == "gru":
+    if spec.kind == "rl2":
         return spec
-    return dataclasses.replace(spec, kind="gru", hidden_sizes=(hidden,))
+    return dataclasses.replace(spec, kind="rl2", hidden_sizes=(hidden,))
 
 
 def trial_inputs(actions: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor,
@@ -39,13 +39,13 @@ def trial_inputs(actions: torch.Tensor, rewards: torch.Tensor, mask: torch.Tenso
 class GaussianGRUPolicy(nn.Module):
     """Diagonal Gaussian policy whose mean is a linear head on a GRU; state-independent log std.
 
-    State dict keys equal the numpy policy's array names (`policy.spec.gru_shapes`).
+    State dict keys equal the numpy policy's array names (`policy.spec.rl2_shapes`).
     """
 
     def __init__(self, spec: PolicySpec, init_std: float = 1.0):
         super().__init__()
-        if spec.kind != "gru" or len(spec.hidden_sizes) != 1:
-            raise ValueError(f"GaussianGRUPolicy needs a 'gru' spec with one hidden size, got {spec}")
+        if spec.kind != "rl2" or len(spec.hidden_sizes) != 1:
+            raise ValueError(f"GaussianGRUPolicy needs an 'rl2' spec with one hidden size, got {spec}")
         self.spec = spec
         hidden = spec.hidden_sizes[0]
         self.gru = nn.GRU(input_dim(spec), hidden, batch_first=True)

@@ -84,15 +84,15 @@ def cmd_adapt(args) -> int:
 
 
 def cmd_promote(args) -> int:
-    from deploy.promote import promote
+    from deploy.promote import GateEvaluation, promote
     from deploy.registry import RegistryError
     from learner.config import ConfigError
     from policy.artifact import ArtifactError
 
     try:
-        decision = promote(args.model, args.version, args.alias, args.force, episodes=args.episodes,
-                           num_tasks=args.tasks, allow_plugins=tuple(args.allow_plugins),
-                           plugin_config=args.plugin_config)
+        evaluation = GateEvaluation(episodes=args.episodes, num_tasks=args.tasks,
+                                    allow_plugins=tuple(args.allow_plugins), plugin_config=args.plugin_config)
+        decision = promote(args.model, args.version, args.alias, args.force, evaluation)
     except (RegistryError, ArtifactError, ConfigError) as exc:
         return bad_input(explain(exc))
     if args.json:

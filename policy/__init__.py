@@ -1,9 +1,10 @@
 """metafleet's policy package: what a robot carries. Imports numpy and safetensors only.
 
 - `policy.spec`: `PolicySpec` (a network's shape, every kind's array layout) and `PolicyWeights`.
-- `policy.mlp`, `policy.gru`, `policy.sac`: the numpy policies (Gaussian MLP, plain or task-conditioned; RL^2 GRU;
+- `policy.mlp`, `policy.rl2`, `policy.pearl`: the numpy policies (Gaussian MLP, plain or task-conditioned; RL^2 GRU;
   PEARL's z-conditioned tanh-Gaussian actor). `policy.context`: PEARL's context encoder (task inference).
-- `policy.factory.make_policy`: the numpy policy for a spec's kind.
+- `policy.kinds`: the registry of policy kinds (`PolicyKind`: numpy policy, layout, how it adapts and is served);
+  `policy.factory.make_policy`: the numpy policy for a spec's kind.
 - `policy.taskvec`: task vectors of task-conditioned policies (training and robots build them with the same code).
 - `policy.driver.PolicyDriver`: any kind stepped one observation at a time, with its task vector, state or latent.
 - `policy.artifact`: the artifact format (safetensors weights + JSON manifest), verified on load.
@@ -19,27 +20,31 @@ from policy.artifact import ArtifactError, PolicyArtifact
 from policy.context import ContextEncoder
 from policy.driver import PolicyDriver
 from policy.factory import make_policy
-from policy.gru import NumpyRecurrentPolicy
+from policy.kinds import KINDS, PolicyKind, policy_kind
 from policy.mlp import NumpyGaussianPolicy
-from policy.sac import NumpySACPolicy
-from policy.spec import INPUT_CLIP, LOG_2PI, OBS_CLIP, PolicySpec, PolicyWeights, gru_shapes, input_dim
+from policy.pearl import NumpyPEARLPolicy
+from policy.rl2 import NumpyRL2Policy
+from policy.spec import INPUT_CLIP, LOG_2PI, OBS_CLIP, PolicySpec, PolicyWeights, input_dim, rl2_shapes
 from policy.taskvec import TaskVectorEncoder
 
 __all__ = [
     "INPUT_CLIP",
+    "KINDS",
     "LOG_2PI",
     "OBS_CLIP",
     "ArtifactError",
     "ContextEncoder",
     "NumpyGaussianPolicy",
-    "NumpyRecurrentPolicy",
-    "NumpySACPolicy",
+    "NumpyPEARLPolicy",
+    "NumpyRL2Policy",
     "PolicyArtifact",
     "PolicyDriver",
+    "PolicyKind",
     "PolicySpec",
     "PolicyWeights",
     "TaskVectorEncoder",
-    "gru_shapes",
     "input_dim",
     "make_policy",
+    "policy_kind",
+    "rl2_shapes",
 ]

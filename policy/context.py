@@ -8,7 +8,7 @@ prior factor, as in the paper's code):
 
 and with no transitions it is the prior N(0, I). The maths mirrors learner.pearl_nets.ContextEncoder.
 
->>> encoder = ContextEncoder(weights)              # a spec of kind "sac"
+>>> encoder = ContextEncoder(weights)              # a spec of kind "pearl"
 >>> mu, var = encoder.posterior(obs, actions, rewards, next_obs)
 >>> z = encoder.sample(mu, var, rng)               # the vector a SAC policy takes as `context`
 """
@@ -35,12 +35,12 @@ def product_of_gaussians(mus: np.ndarray, variances: np.ndarray) -> tuple[np.nda
 
 
 class ContextEncoder:
-    """Permutation-invariant posterior q(z | context) of a PEARL policy's weights (kind "sac")."""
+    """Permutation-invariant posterior q(z | context) of a PEARL policy's weights (kind "pearl")."""
 
     def __init__(self, weights: PolicyWeights):
         spec = weights.spec
-        if spec.kind != "sac":
-            raise ValueError(f"policy {weights.version!r} is a {spec.kind!r} policy; only a 'sac' (PEARL) policy "
+        if spec.kind != "pearl":
+            raise ValueError(f"policy {weights.version!r} is a {spec.kind!r} policy; only a 'pearl' (PEARL) policy "
                              "carries a context encoder")
         self.spec, self.latent_dim = spec, spec.context_dim
         a = {k: np.asarray(v, np.float64) for k, v in weights.arrays.items()}

@@ -42,6 +42,7 @@ import numpy as np
 
 from policy.context import ContextEncoder
 from policy.factory import make_policy
+from policy.kinds import policy_kind
 from policy.spec import PolicyWeights
 from policy.taskvec import TaskVectorEncoder
 
@@ -54,9 +55,9 @@ class PolicyDriver:
         self.spec, self.version = weights.spec, weights.version
         self.policy = make_policy(weights)
         self.recurrent = bool(getattr(self.policy, "recurrent", False))
-        self.latent = self.spec.kind == "sac"
-        self.belief = self.spec.kind == "belief"
-        # a recurrent policy that reads a task vector (e.g. "belief") infers it itself: it is never told the task
+        kind = policy_kind(self.spec)
+        self.latent, self.belief = kind.latent, kind.belief
+        # a recurrent policy that reads a task vector (e.g. a belief) infers it itself: it is never told the task
         self.conditioned = not (self.latent or self.recurrent) and self.spec.conditioning != "none"
         self.task_vectors: TaskVectorEncoder | None = None
         self.fixed_vector: np.ndarray | None = None
@@ -134,7 +135,7 @@ class PolicyDriver:
     def infer(self, transitions=None) -> tuple[np.ndarray, np.ndarray]:
         """(mu, var) of q(z | transitions) with the numpy encoder (default: the transitions recorded so far)."""
         if self.encoder is None:
-            raise ValueError(f"policy {self.version!r} is a {self.spec.kind!r} policy: only a PEARL ('sac') policy "
+            raise ValueError(f"policy {self.version!r} is a {self.spec.kind!r} policy: only a PEARL ('pearl') policy "
                              "infers its task from context transitions")
         transitions = self.transitions if transitions is None else transitions
         if not transitions:

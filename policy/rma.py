@@ -129,3 +129,10 @@ class NumpyRMAPolicy:
         z = self.latent_from_history(obs, state)
         actions, logp = self.actor.sample(obs, rng, deterministic, context=z)
         return actions, logp, state
+
+
+def check_adaptive(weights: PolicyWeights) -> None:
+    """A published RMA policy is evaluated adaptive (z from its own history), never privileged."""
+    if float(weights.arrays["rma.mode"][0]) < 0.5:
+        raise ValueError("a published RMA policy is evaluated adaptive (z from its own history): these weights "
+                         "are privileged (rma.mode 0: z from the robot's true parameters)")

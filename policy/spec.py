@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,7 +25,7 @@ class PolicySpec:
     act_dim: int
     hidden_sizes: tuple[int, ...] = (64, 64)
     activation: str = "tanh"
-    kind: str = "mlp"  # "mlp" (feed-forward), "gru" (RL^2), "sac" (PEARL), "belief" (task inference), "rma"
+    kind: str = "mlp"  # a registered policy kind (policy.kinds): "mlp", "rl2", "pearl", "belief", "rma"
     conditioning: str = "none"  # how a task context enters an mlp: see CONDITIONING
     context_dim: int = 0  # length of the task context vector (0 = no context)
     num_heads: int = 1  # output heads (conditioning="multihead": one per training task)
@@ -39,24 +40,16 @@ class PolicySpec:
             raise ValueError(f"obs_dim and act_dim must be positive, got {self.obs_dim}, {self.act_dim}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}; expected one of {sorted(ACTIVATIONS)}")
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown policy kind {self.kind!r}; expected one of {KINDS}")
+        object.__setattr__(self, "kind", kind_name(self.kind))  # an old name (artifacts stored with it) -> its kind
         if self.conditioning not in CONDITIONING:
             raise ValueError(f"unknown conditioning {self.conditioning!r}; expected one of {CONDITIONING}")
         if (self.conditioning == "none") != (self.context_dim == 0):
             raise ValueError(f"conditioning {self.conditioning!r} needs context_dim > 0 exactly when it is "
                              f"not 'none', got context_dim={self.context_dim}")
-        if self.kind == "belief" and (self.conditioning != "concat" or not self.model_sizes):
-            raise ValueError(f"a 'belief' policy acts on [obs, z] and infers z with a task model: it needs "
-                             f"conditioning='concat' and model_sizes, got {self.conditioning!r}, {self.model_sizes}")
-        if self.dynamics_sizes and self.kind != "belief":
+        LAYOUTS[self.kind].check(self)
+        if self.dynamics_sizes and self.kind != "belief":  # the one kind with a dynamics model (policy/belief.py)
             raise ValueError(f"dynamics_sizes (a learned dynamics model) belong to a 'belief' policy, got kind "
                              f"{self.kind!r}")
-        if self.kind == "rma":
-            check_rma(self)
-        if self.kind == "sac" and self.conditioning != "concat":
-            raise ValueError(f"a 'sac' (PEARL) policy takes its latent z concatenated to the observation: it needs "
-                             f"conditioning='concat' and context_dim = latent size, got {self.conditioning!r}")
         if self.num_heads < 1 or (self.num_heads > 1 and self.conditioning != "multihead"):
             raise ValueError(f"num_heads > 1 only with conditioning='multihead', got {self.num_heads}")
         if self.conditioning == "multihead" and self.num_heads != self.context_dim:
@@ -76,7 +69,7 @@ class PolicySpec:
             **({"model_sizes": list(self.model_sizes)} if self.model_sizes else {}),
             **({"dynamics_sizes": list(self.dynamics_sizes)} if self.dynamics_sizes else {}),
             **({"privileged_dim": self.privileged_dim, "history": self.history,
-                "encoder_sizes": list(self.encoder_sizes)} if self.kind == "rma" else {}),
+                "encoder_sizes": list(self.encoder_sizes)} if self.privileged_dim or self.history else {}),
         }
 
     @classmethod
@@ -103,36 +96,59 @@ class PolicySpec:
         return list(self.weight_shapes())
 
     def weight_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Array name -> shape. Unconditioned specs have exactly the first artifacts' arrays; each
-        conditioning mode adds its own (concat only widens `hidden.0.weight`)."""
-        if self.kind == "gru":
-            return gru_shapes(self)
-        if self.kind == "sac":
-            return sac_shapes(self)
-        if self.kind == "belief":
-            return belief_shapes(self)
-        if self.kind == "rma":
-            return rma_shapes(self)
-        c, sizes = self.context_dim, [self.obs_dim, *self.hidden_sizes]
-        shapes: dict[str, tuple[int, ...]] = {"obs_mean": (self.obs_dim,), "obs_std": (self.obs_dim,)}
-        for i, (a, b) in enumerate(itertools.pairwise(sizes)):
-            fan_in = a + c if (i == 0 and self.conditioning == "concat") else a
-            shapes[f"hidden.{i}.weight"], shapes[f"hidden.{i}.bias"] = (b, fan_in), (b,)
-        if self.conditioning == "additive":
-            shapes["context_embed.weight"] = (sizes[1], c)
-        if self.conditioning == "film":
-            for i, h in enumerate(self.hidden_sizes):
-                shapes[f"film.{i}.weight"], shapes[f"film.{i}.bias"] = (2 * h, c), (2 * h,)
-        if self.conditioning == "multihead":
-            shapes["mean_heads.weight"] = (self.num_heads, self.act_dim, sizes[-1])
-            shapes["mean_heads.bias"] = (self.num_heads, self.act_dim)
-        else:
-            shapes["mean_head.weight"], shapes["mean_head.bias"] = (self.act_dim, sizes[-1]), (self.act_dim,)
-        shapes["log_std"] = (self.act_dim,)
-        return shapes
+        """Array name -> shape, as the spec's kind lays its arrays out (`KindLayout.shapes`)."""
+        return LAYOUTS[self.kind].shapes(self)
 
 
-KINDS = ("mlp", "gru", "sac", "belief", "rma")
+def no_check(spec: PolicySpec) -> None:
+    """A kind whose specs need nothing beyond the common checks."""
+
+
+@dataclass(frozen=True)
+class KindLayout:
+    """How a policy kind lays out its arrays (`shapes`) and what its spec must satisfy (`check`, raises ValueError)."""
+
+    shapes: Callable[[PolicySpec], dict[str, tuple[int, ...]]]
+    check: Callable[[PolicySpec], None] = no_check
+
+
+# name -> layout of every registered kind, and an old kind name (still in stored artifacts) -> the kind's name. Both
+# are filled by policy.kinds, the registry of kinds: it sits above the numpy policies, which import this module.
+LAYOUTS: dict[str, KindLayout] = {}
+RENAMED: dict[str, str] = {}
+
+
+def kind_name(name: str) -> str:
+    """The registered kind `name` is (an old name maps to its kind's), or a ValueError naming the known kinds."""
+    kind = RENAMED.get(name, name)
+    if kind not in LAYOUTS:
+        raise ValueError(f"unknown policy kind {name!r}; known kinds: {', '.join(LAYOUTS)} "
+                         f"(and the old names {', '.join(f'{a!r} = {b!r}' for a, b in RENAMED.items())})")
+    return kind
+
+
+def mlp_shapes(spec: PolicySpec) -> dict[str, tuple[int, ...]]:
+    """Array name -> shape of a feed-forward Gaussian MLP. Unconditioned specs have exactly the first artifacts'
+    arrays; each conditioning mode adds its own (concat only widens `hidden.0.weight`)."""
+    c, sizes = spec.context_dim, [spec.obs_dim, *spec.hidden_sizes]
+    shapes: dict[str, tuple[int, ...]] = {"obs_mean": (spec.obs_dim,), "obs_std": (spec.obs_dim,)}
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+        fan_in = a + c if (i == 0 and spec.conditioning == "concat") else a
+        shapes[f"hidden.{i}.weight"], shapes[f"hidden.{i}.bias"] = (b, fan_in), (b,)
+    if spec.conditioning == "additive":
+        shapes["context_embed.weight"] = (sizes[1], c)
+    if spec.conditioning == "film":
+        for i, h in enumerate(spec.hidden_sizes):
+            shapes[f"film.{i}.weight"], shapes[f"film.{i}.bias"] = (2 * h, c), (2 * h,)
+    if spec.conditioning == "multihead":
+        shapes["mean_heads.weight"] = (spec.num_heads, spec.act_dim, sizes[-1])
+        shapes["mean_heads.bias"] = (spec.num_heads, spec.act_dim)
+    else:
+        shapes["mean_head.weight"], shapes["mean_head.bias"] = (spec.act_dim, sizes[-1]), (spec.act_dim,)
+    shapes["log_std"] = (spec.act_dim,)
+    return shapes
+
+
 CONDITIONING = ("none", "concat", "additive", "multihead", "film")
 ACTIVATIONS = {"tanh": np.tanh, "relu": lambda x: np.maximum(x, 0.0)}
 
@@ -152,10 +168,10 @@ class PolicyWeights:
             raise ValueError(f"policy weights {self.version!r} miss arrays {sorted(missing)}")
 
 
-def gru_shapes(spec: PolicySpec) -> dict[str, tuple[int, ...]]:
-    """Array name -> shape of a GRU policy (`spec.kind == "gru"`, one hidden size: the GRU width)."""
+def rl2_shapes(spec: PolicySpec) -> dict[str, tuple[int, ...]]:
+    """Array name -> shape of a GRU policy (`spec.kind == "rl2"`, one hidden size: the GRU width)."""
     if len(spec.hidden_sizes) != 1:
-        raise ValueError(f"a 'gru' policy has exactly one hidden size (the GRU width), got {spec.hidden_sizes}")
+        raise ValueError(f"a 'rl2' policy has exactly one hidden size (the GRU width), got {spec.hidden_sizes}")
     (hidden,) = spec.hidden_sizes
     d, a = spec.obs_dim, spec.act_dim
     return {
@@ -171,8 +187,14 @@ def input_dim(spec: PolicySpec) -> int:
     return spec.obs_dim + spec.act_dim + 2
 
 
-def sac_shapes(spec: PolicySpec) -> dict[str, tuple[int, ...]]:
-    """Array name -> shape of a PEARL policy (`spec.kind == "sac"`): a tanh-Gaussian actor on
+def check_pearl(spec: PolicySpec) -> None:
+    if spec.conditioning != "concat":
+        raise ValueError(f"a 'pearl' policy takes its latent z concatenated to the observation: it needs "
+                         f"conditioning='concat' and context_dim = latent size, got {spec.conditioning!r}")
+
+
+def pearl_shapes(spec: PolicySpec) -> dict[str, tuple[int, ...]]:
+    """Array name -> shape of a PEARL policy (`spec.kind == "pearl"`): a tanh-Gaussian actor on
     [normalised obs, z] (mean and log-std heads) and the context encoder that infers z, both with
     `hidden_sizes`. The encoder reads one transition [normalised obs, action, reward, normalised next obs]
     (the reward is a function of the next state, so next obs makes the goal easy to read) and outputs a
@@ -197,6 +219,12 @@ def encoder_input_dim(spec: PolicySpec) -> int:
 
 
 BELIEF_SETTINGS = ("particles", "resample_every", "likelihood_scale", "jitter")
+
+
+def check_belief(spec: PolicySpec) -> None:
+    if spec.conditioning != "concat" or not spec.model_sizes:
+        raise ValueError(f"a 'belief' policy acts on [obs, z] and infers z with a task model: it needs "
+                         f"conditioning='concat' and model_sizes, got {spec.conditioning!r}, {spec.model_sizes}")
 
 
 def belief_shapes(spec: PolicySpec) -> dict[str, tuple[int, ...]]:

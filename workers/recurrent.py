@@ -1,4 +1,4 @@
-"""The trial rollout that drives a recurrent (RL^2) policy (`policy.gru.NumpyRecurrentPolicy`).
+"""The trial rollout that drives a recurrent (RL^2) policy (`policy.rl2.NumpyRL2Policy`).
 
 A trial is `trial_episodes` consecutive episodes of one task on one env; the GRU state carries
 across the episodes of a trial and is reset only between trials, so the policy can learn the task

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from deploy.mlflow_model import LOADER_MODULE
-from deploy.registry import Registry, log_serving_model
+from deploy.registry import Registry
 from deploy.serving import PolicyModel
 from metafleet.cli import main
 from policy import NumpyGaussianPolicy, PolicySpec, PolicyWeights
@@ -33,7 +33,7 @@ OBS = np.random.default_rng(3).normal(size=(4, 20)).astype(np.float32)
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A private sqlite store: a tiny meta-policy (v1 @production) and an adapted child (@robot-kuka-7), both
-    published through Registry.publish as `fleet train` / `fleet adapt` do, plus `serving/` of the meta run."""
+    published through Registry.publish as `fleet train` / `fleet adapt` do,."""
     home = tmp_path_factory.mktemp("served")
     uri = f"sqlite:///{home}/mlflow.db"
     registry = Registry(uri)
@@ -41,9 +41,6 @@ def tiny(tmp_path_factory):
     meta = PolicyArtifact.load(make_policy_dir(home / "meta"))
     run_id = registry.client.create_run(experiment).info.run_id
     registry.publish(NAME, meta, run_id, {"kind": "meta-policy"}, aliases=("production",))
-    with pytest.MonkeyPatch.context() as mp:
-        _use_store(mp, uri)
-        log_serving_model(run_id, meta)
     adapted = PolicyArtifact.load(make_policy_dir(home / "adapted", head_scale=0.5))
     adapted.manifest = {**adapted.manifest, "kind": "adapted-policy",
                         "lineage": {"parent_model": NAME, "parent_version": "1", "robot_id": "kuka-7"}}
@@ -115,7 +112,7 @@ def test_fleet_pull_and_run_read_the_two_files_only(served, tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------ serving, in process
 @pytest.mark.parametrize("uri", [f"models:/{NAME}@production", f"models:/{NAME}/1", "runs:/{run}/policy",
-                                 "runs:/{run}/serving", f"models:/{NAME}-adapted@robot-kuka-7"])
+                                 f"models:/{NAME}-adapted@robot-kuka-7"])
 def test_pyfunc_predicts_the_numpy_mean_action(served, uri):
     artifact = served.adapted if "adapted" in uri else served.meta
     prediction = load_model(uri.format(run=served.run_id)).predict(OBS)
@@ -125,10 +122,10 @@ def test_pyfunc_predicts_the_numpy_mean_action(served, uri):
 
 
 HAND_BUILT = {  # every non-MLP kind, hand-built weights: the registry path for kinds whose requests are columns
-    "rl2": (PolicySpec(2, 2, (8,), kind="gru"), {},
+    "rl2": (PolicySpec(2, 2, (8,), kind="rl2"), {},
             {"obs": [[0.1, 0.2]], "state": [[]], "prev_action": [[0.0, 0.0]], "prev_reward": [0.0],
              "prev_done": [0.0]}),
-    "pearl": (PolicySpec(2, 2, (8,), "relu", "sac", "concat", 2), {}, {"obs": [[0.1, 0.2]], "z": [[0.5, -0.5]]}),
+    "pearl": (PolicySpec(2, 2, (8,), "relu", "pearl", "concat", 2), {}, {"obs": [[0.1, 0.2]], "z": [[0.5, -0.5]]}),
     "film": (PolicySpec(2, 2, (8,), conditioning="film", context_dim=3),
              {"conditioning": {"mode": "film", "encoding": "onehot", "train_tasks": [
                  {"family": "point", "task_id": f"point/train/{i}", "params": {"goal": [i, -i]}} for i in range(3)]}},
@@ -224,11 +221,11 @@ def test_tampered_registered_version_is_refused_by_the_serving_loader(case, serv
 
 
 def test_a_copy_of_the_run_is_checked_against_the_versions_registered_from_it(served, tmp_path):
-    """`runs:/<run>/serving` has no version of its own: the tag of the version registered from the run applies,
-    and without a reachable registry the MLmodel's digest is the expectation."""
+    """A copy of `runs:/<run>/policy` is checked against the tag of the version registered from the run, and
+    without a reachable registry the MLmodel's digest is the expectation."""
     import mlflow
 
-    local = Path(mlflow.artifacts.download_artifacts(f"runs:/{served.run_id}/serving", dst_path=str(tmp_path)))
+    local = Path(mlflow.artifacts.download_artifacts(f"runs:/{served.run_id}/policy", dst_path=str(tmp_path)))
     reseal_everywhere(local)
     with pytest.raises(ValueError, match=f"does not match the registry tag of models:/{NAME}/1"):
         load_model(str(local))

@@ -72,7 +72,7 @@ class PointRobot:
 
 RMA = PolicySpec(2, 2, (16,), conditioning="film", context_dim=3, kind="rma", model_sizes=(8,), privileged_dim=4,
                  history=3, encoder_sizes=(4,))
-RECURRENT = {"rl2": PolicySpec(2, 2, (8,), kind="gru"), "rma": RMA}
+RECURRENT = {"rl2": PolicySpec(2, 2, (8,), kind="rl2"), "rma": RMA}
 
 
 @pytest.mark.parametrize("kind", list(RECURRENT))
@@ -96,7 +96,7 @@ def test_a_recurrent_trial_on_the_runtime_is_the_training_rollout(tmp_path, kind
 
 
 def test_rl2_state_carries_unless_reset_on_request(tmp_path):
-    runtime = RobotRuntime(saved(tmp_path, artifact(PolicySpec(2, 2, (8,), kind="gru"))), NO_RATE)
+    runtime = RobotRuntime(saved(tmp_path, artifact(PolicySpec(2, 2, (8,), kind="rl2"))), NO_RATE)
     assert runtime.trial_episodes is None  # no learner.trial_episodes in this manifest: one long trial
     robot = PointRobot()
     first = runtime.run_episode(robot, seed=3)
@@ -105,7 +105,7 @@ def test_rl2_state_carries_unless_reset_on_request(tmp_path):
     reset = runtime.run_episode(robot, seed=3, reset_trial=True)
     assert reset == first  # a reset trial replays the first episode exactly
     with pytest.raises(ValueError, match="trial_episodes must be a positive int"):
-        RobotRuntime(saved(tmp_path, artifact(PolicySpec(2, 2, (8,), kind="gru"))), trial_episodes=0)
+        RobotRuntime(saved(tmp_path, artifact(PolicySpec(2, 2, (8,), kind="rl2"))), trial_episodes=0)
 
 
 class BeliefLikePolicy:
@@ -192,7 +192,7 @@ def test_mixture_runs_the_named_family_or_the_default_never_silently_the_first(t
 
 
 def test_pearl_adapts_on_the_robot_with_the_numpy_posterior(tmp_path):
-    spec = PolicySpec(2, 2, (16,), "relu", "sac", "concat", 3)
+    spec = PolicySpec(2, 2, (16,), "relu", "pearl", "concat", 3)
     runtime = RobotRuntime(saved(tmp_path, artifact(spec)), NO_RATE)
     robot = PointRobot()
     out = runtime.adapt(robot, episodes=3, task={"goal": [0.3, 0.3]}, seed=5)
@@ -254,8 +254,8 @@ class Robot:
 spaces = {"observation": {"shape": [2], "low": [-2, -2], "high": [2, 2]},
           "action": {"shape": [2], "low": [-1, -1], "high": [1, 1]}}
 train = [{"family": "point", "task_id": f"point/train/{i}", "params": {"goal": [i, -i]}} for i in range(3)]
-specs = {"gru": (PolicySpec(2, 2, (8,), kind="gru"), {}),
-         "sac": (PolicySpec(2, 2, (8,), "relu", "sac", "concat", 2), {}),
+specs = {"rl2": (PolicySpec(2, 2, (8,), kind="rl2"), {}),
+         "pearl": (PolicySpec(2, 2, (8,), "relu", "pearl", "concat", 2), {}),
          "belief": (PolicySpec(2, 2, (8,), kind="belief", conditioning="concat", context_dim=2, model_sizes=(4,)), {}),
          "film": (PolicySpec(2, 2, (8,), conditioning="film", context_dim=3),
                   {"conditioning": {"mode": "film", "encoding": "onehot", "train_tasks": train}}),
@@ -270,7 +270,7 @@ for name, (spec, extra) in specs.items():
                          **extra).save(directory)
     runtime = RobotRuntime(directory)
     runtime.run_episode(Robot(), task={"goal": [1, -1]}, seed=0)
-    if name in ("sac", "belief", "rma"):
+    if name in ("pearl", "belief", "rma"):
         runtime.adapt(Robot(), 2, seed=0)
 forbidden = ("torch", "ray", "mlflow", "pybullet", "gymnasium", "learner", "workers", "fleet", "yaml", "pandas")
 print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in forbidden)))

@@ -80,7 +80,7 @@ def test_the_adapted_version_is_the_actor_with_z_fixed_and_needs_no_task(tmp_pat
 def test_only_an_rma_policy_fixes_a_latent(tmp_path):
     from policy import PolicySpec
 
-    driver = PolicyDriver(artifact(PolicySpec(2, 2, (8,), kind="gru")).weights)
+    driver = PolicyDriver(artifact(PolicySpec(2, 2, (8,), kind="rl2")).weights)
     with pytest.raises(ValueError, match="only an RMA policy estimates a latent"):
         driver.fix_latent([0.0])
     with pytest.raises(ValueError, match="finite latent z of length 3"):

@@ -1,4 +1,4 @@
-"""`runs:/<run>/serving`: the registered version's MLflow model (metafleet's loader_module), never pickled."""
+"""`runs:/<run>/policy`: the registered version's MLflow model (metafleet's loader_module), never pickled."""
 
 import json
 import os
@@ -19,7 +19,7 @@ from tests.deploy.conftest import source_dir
 
 def serving_uri(store: str) -> str:
     run_id = MlflowClient(store, store).get_model_version("smoke", "1").run_id
-    return f"runs:/{run_id}/serving"
+    return f"runs:/{run_id}/policy"
 
 
 def test_pyfunc_predicts_the_policy_mean(store):

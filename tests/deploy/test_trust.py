@@ -152,13 +152,12 @@ def canary(store, tmp_path):
     family = f"{CANARY}:Family"
     artifact.manifest = {**artifact.manifest, "family": family,
                          "fleet": {**artifact.manifest["fleet"], "family": family, "curriculum": f"{CANARY}:c"}}
-    from deploy.registry import Registry, log_serving_model
+    from deploy.registry import Registry
 
     client = MlflowClient(store, store)
     experiment = client.get_run(client.get_model_version("smoke", "1").run_id).info.experiment_id
     run_id = client.create_run(experiment).info.run_id
     Registry(store).publish("canary", artifact, run_id)
-    log_serving_model(run_id, artifact)
     local = tmp_path / "canary-local"
     artifact.save(local)
     yield marker, local, run_id
@@ -186,7 +185,7 @@ def test_no_command_imports_a_plugin_named_in_a_manifest(canary, tmp_path, capsy
         assert code == 2 and "does not match the content_sha256" in err, err
     import mlflow
 
-    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/serving")  # MLflow serving loads the policy alone
+    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/policy")  # MLflow serving loads the policy alone
     assert model.predict(__import__("numpy").zeros((1, 20), "float32")).shape == (1, 3)
     assert not marker.exists() and CANARY not in sys.modules
 
@@ -202,7 +201,7 @@ def test_tampered_serving_files_are_refused(canary, store):
     import mlflow
 
     _, _, run_id = canary
-    local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/serving"))
+    local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/policy"))
     policy = next(p.parent for p in local.rglob("manifest.json"))
     edit_manifest(policy, widen_action_bounds, reseal=True)
     with pytest.raises(Exception, match="does not match the digest recorded in the serving model's MLmodel"):

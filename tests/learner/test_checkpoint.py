@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from learner.checkpoint import list_checkpoints, load_latest, save_checkpoint
+from learner.checkpoint import list_checkpoints, load_newest, save_checkpoint
 
 
 def state(i: int) -> dict:
@@ -13,7 +13,8 @@ def state(i: int) -> dict:
 def test_save_and_load_newest(tmp_path):
     for i in (1, 2, 3):
         save_checkpoint(tmp_path, i, state(i))
-    loaded, path = load_latest(tmp_path)
+    found = load_newest(tmp_path)
+    loaded, path = found.state, found.path
     assert loaded["iteration"] == 3 and path.name == "ckpt-00000003.pt"
     assert torch.equal(loaded["weights"], torch.full((3,), 3.0))
 
@@ -28,7 +29,8 @@ def test_truncated_newest_falls_back_to_previous(tmp_path, caplog):
     save_checkpoint(tmp_path, 1, state(1))
     newest = save_checkpoint(tmp_path, 2, state(2))
     newest.write_bytes(newest.read_bytes()[:40])
-    loaded, path = load_latest(tmp_path)
+    found = load_newest(tmp_path)
+    loaded, path = found.state, found.path
     assert loaded["iteration"] == 1 and path.name == "ckpt-00000001.pt"
     assert "falling back" in caplog.text
 
@@ -41,7 +43,7 @@ def test_temp_files_are_never_checkpoints(tmp_path):
 
 
 def test_nothing_to_load(tmp_path):
-    assert load_latest(tmp_path / "missing") is None
+    assert load_newest(tmp_path / "missing") is None
 
 
 class Custom:

@@ -55,7 +55,7 @@ def test_rl2_is_a_gru_learner_with_trials():
     learner = make_learner(POINT_SPEC, config(trial_episodes=3))
     assert isinstance(learner, RL2) and learner.trial_episodes == 3
     weights = learner.policy_weights("v")
-    assert weights.spec.kind == "gru" and weights.spec.hidden_sizes == (16,)
+    assert weights.spec.kind == "rl2" and weights.spec.hidden_sizes == (16,)
     assert weights.arrays["gru.weight_ih_l0"].shape == (48, 2 + 2 + 2)
 
 

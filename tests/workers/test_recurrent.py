@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from learner.recurrent import GaussianGRUPolicy, recurrent_spec
-from policy import NumpyGaussianPolicy, NumpyRecurrentPolicy, PolicySpec, PolicyWeights, gru_shapes, make_policy
+from policy import NumpyGaussianPolicy, NumpyRL2Policy, PolicySpec, PolicyWeights, make_policy, rl2_shapes
 from tests.fakes import POINT_SPEC, ROBOT, PointEnv, point_env_factory, point_tasks
 from workers.batch import SampleRequest
 from workers.recurrent import rollout_trials
@@ -35,7 +35,7 @@ def gru_weights(seed: int = 0) -> PolicyWeights:
     return module.to_weights("gru")
 
 
-def replay_means(policy: NumpyRecurrentPolicy, arrays: dict, trial_episodes: int, reset_each_episode: bool):
+def replay_means(policy: NumpyRL2Policy, arrays: dict, trial_episodes: int, reset_each_episode: bool):
     """Mean actions along recorded trials, recomputed step by step from the recorded arrays."""
     n, horizon = trial_episodes, arrays["obs"].shape[1]
     trials = arrays["obs"].shape[0] // n
@@ -55,17 +55,17 @@ def replay_means(policy: NumpyRecurrentPolicy, arrays: dict, trial_episodes: int
 
 def test_gru_spec_layout_and_make_policy():
     weights = gru_weights()
-    assert set(weights.arrays) == set(gru_shapes(GRU_SPEC)) == set(GRU_SPEC.weight_names())
-    for name, shape in gru_shapes(GRU_SPEC).items():
+    assert set(weights.arrays) == set(rl2_shapes(GRU_SPEC)) == set(GRU_SPEC.weight_names())
+    for name, shape in rl2_shapes(GRU_SPEC).items():
         assert weights.arrays[name].shape == shape
     policy = make_policy(weights)
-    assert isinstance(policy, NumpyRecurrentPolicy) and policy.recurrent
+    assert isinstance(policy, NumpyRL2Policy) and policy.recurrent
     with pytest.raises(TypeError, match="needs its state"):
         policy.sample(np.zeros((1, 2)), np.random.default_rng(0))
     with pytest.raises(ValueError, match="'mlp' policies only"):  # a feed-forward-only consumer says why
         NumpyGaussianPolicy(weights)
     with pytest.raises(ValueError, match="exactly one hidden size"):
-        gru_shapes(dataclasses.replace(GRU_SPEC, hidden_sizes=(8, 8)))
+        rl2_shapes(dataclasses.replace(GRU_SPEC, hidden_sizes=(8, 8)))
 
 
 def test_numpy_and_torch_gru_agree_on_a_trial():
@@ -175,5 +175,5 @@ def test_guard_step_ends_the_episode_not_the_trial():
 def test_recurrent_policy_rejects_a_feed_forward_spec():
     bad = PolicyWeights(PolicySpec(2, 2, (4,)), {k: np.zeros(s, np.float32)
                                                  for k, s in PolicySpec(2, 2, (4,)).weight_shapes().items()})
-    with pytest.raises(ValueError, match="needs a 'gru' policy spec"):
-        NumpyRecurrentPolicy(bad)
+    with pytest.raises(ValueError, match="needs an 'rl2' policy spec"):
+        NumpyRL2Policy(bad)

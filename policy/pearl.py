@@ -26,19 +26,19 @@ def tanh_log_det(u: np.ndarray) -> np.ndarray:
     return np.sum(2.0 * (math.log(2.0) - u - softplus(-2.0 * u)), axis=-1)
 
 
-class NumpySACPolicy:
-    """Tanh-Gaussian actor of a PEARL policy (spec kind "sac"); batched over the leading axis.
+class NumpyPEARLPolicy:
+    """Tanh-Gaussian actor of a PEARL policy (spec kind "pearl"); batched over the leading axis.
 
-    >>> policy = NumpySACPolicy(weights)
+    >>> policy = NumpyPEARLPolicy(weights)
     >>> actions, logp = policy.sample(obs_batch, rng, context=z)
     """
 
     recurrent = False
 
     def __init__(self, weights: PolicyWeights):
-        if weights.spec.kind != "sac":
-            raise ValueError(f"policy {weights.version!r} is a {weights.spec.kind!r} policy; NumpySACPolicy runs "
-                             "'sac' policies only (policy.make_policy picks the right one)")
+        if weights.spec.kind != "pearl":
+            raise ValueError(f"policy {weights.version!r} is a {weights.spec.kind!r} policy; NumpyPEARLPolicy runs "
+                             "'pearl' policies only (policy.make_policy picks the right one)")
         self.spec, self.version = weights.spec, weights.version
         a = {k: np.asarray(v, np.float32) for k, v in weights.arrays.items()}
         self._obs_mean, self._obs_std = a["obs_mean"], a["obs_std"]

@@ -21,10 +21,10 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (np.tanh(0.5 * x) + 1.0)  # overflow-free logistic
 
 
-class NumpyRecurrentPolicy:
+class NumpyRL2Policy:
     """Diagonal Gaussian GRU policy in numpy, batched over the leading axis; state is explicit.
 
-    >>> policy = NumpyRecurrentPolicy(weights)
+    >>> policy = NumpyRL2Policy(weights)
     >>> hidden = policy.initial_state(num_trials)
     >>> actions, logp, hidden = policy.sample_step(obs, prev_action, prev_reward, prev_done, hidden, rng)
     """
@@ -32,8 +32,8 @@ class NumpyRecurrentPolicy:
     recurrent = True
 
     def __init__(self, weights: PolicyWeights):
-        if weights.spec.kind != "gru":
-            raise ValueError(f"NumpyRecurrentPolicy needs a 'gru' policy spec, got kind {weights.spec.kind!r}")
+        if weights.spec.kind != "rl2":
+            raise ValueError(f"NumpyRL2Policy needs an 'rl2' policy spec, got kind {weights.spec.kind!r}")
         self.spec = weights.spec
         self.version = weights.version
         a = {k: np.asarray(v, dtype=np.float32) for k, v in weights.arrays.items()}
@@ -76,4 +76,4 @@ class NumpyRecurrentPolicy:
 
     def sample(self, obs, rng, deterministic=False, context=None):
         raise TypeError("a recurrent policy needs its state: use workers.recurrent.rollout_trials or "
-                        "NumpyRecurrentPolicy.sample_step(obs, prev_action, prev_reward, prev_done, hidden, rng)")
+                        "NumpyRL2Policy.sample_step(obs, prev_action, prev_reward, prev_done, hidden, rng)")

@@ -1,4 +1,4 @@
-"""PEARL's numpy side: the 'sac' spec layout, the tanh-Gaussian actor, the context encoder, the artifact."""
+"""PEARL's numpy side: the 'pearl' spec layout, the tanh-Gaussian actor, the context encoder, the artifact."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from policy import ContextEncoder, NumpySACPolicy, PolicyArtifact, PolicySpec, PolicyWeights, make_policy
+from policy import ContextEncoder, NumpyPEARLPolicy, PolicyArtifact, PolicySpec, PolicyWeights, make_policy
 from policy.context import product_of_gaussians
-from policy.sac import tanh_log_det
+from policy.pearl import tanh_log_det
 
-SPEC = PolicySpec(obs_dim=4, act_dim=2, hidden_sizes=(8, 8), activation="relu", kind="sac",
+SPEC = PolicySpec(obs_dim=4, act_dim=2, hidden_sizes=(8, 8), activation="relu", kind="pearl",
                   conditioning="concat", context_dim=3)
 
 
@@ -24,7 +24,7 @@ def random_weights(spec: PolicySpec = SPEC, seed: int = 0) -> PolicyWeights:
 
 def test_sac_spec_needs_the_latent_concatenated():
     with pytest.raises(ValueError, match="conditioning='concat'"):
-        PolicySpec(4, 2, (8,), "relu", "sac")
+        PolicySpec(4, 2, (8,), "relu", "pearl")
     shapes = SPEC.weight_shapes()
     assert shapes["hidden.0.weight"] == (8, 4 + 3)  # obs + z
     assert shapes["encoder.hidden.0.weight"] == (8, 4 + 2 + 1 + 4)  # obs, action, reward, next obs
@@ -34,7 +34,7 @@ def test_sac_spec_needs_the_latent_concatenated():
 
 def test_make_policy_picks_the_sac_actor_and_actions_are_bounded():
     policy = make_policy(random_weights())
-    assert isinstance(policy, NumpySACPolicy)
+    assert isinstance(policy, NumpyPEARLPolicy)
     obs = np.random.default_rng(1).normal(0, 3, (16, 4)).astype(np.float32)
     actions, logp = policy.sample(obs, np.random.default_rng(2), context=np.ones(3, np.float32))
     assert actions.shape == (16, 2) and logp.shape == (16,) and np.all(np.abs(actions) <= 1.0)

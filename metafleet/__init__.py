@@ -8,3 +8,7 @@ function per command. Nothing below imports it. Modules:
 - `metafleet.registry_commands`: `adapt`, `promote`, `pull`.
 - `metafleet.robot_commands`: `run`, `serve-robot`.
 """
+
+from metafleet.packages import pin_packages
+
+pin_packages()  # before anything below imports policy, fleet, ...: see metafleet/packages.py

@@ -51,6 +51,9 @@ def connect_timeout_s() -> float:
     return value
 
 
+WORKER_SETUP_HOOK = "metafleet.packages.pin_packages"  # a name, not an import: the front door's, run in each worker
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to `address` / RAY_ADDRESS if given (cluster or `ray job submit`), else start a
     private local Ray whose servers listen on 127.0.0.1 only, without the dashboard.
@@ -74,6 +77,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     ray.init(
         address="local",  # a new instance, even if another Ray runs on this machine (else ray.init joins it)
         num_cpus=num_cpus,
+        # Ray adds this driver's working directory to the workers' paths, ahead of the installed packages: a folder
+        # there named like one of ours (a pulled ./policy) must not shadow it (metafleet/packages.py).
+        runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK},
         include_dashboard=False,
         _node_ip_address=LOOPBACK,
         logging_level=logging.WARNING,

@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from benchmarks import learning_report, robot_exams_report  # noqa: E402  (stdlib only too)
+from benchmarks import learning_report, robot_exams_report, sweep_report  # noqa: E402  (stdlib only too)
 
 DOCS = ("docs/results.md", "benchmarks/README.md", "docs/reliability.md")
 BLOCK = re.compile(r"(<!-- report:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /report:(?P=name) -->)", re.S)
@@ -268,7 +268,7 @@ RENDERERS: dict[str, Callable[[dict], list[str]]] = {
     "learning": render_learning, "deployment": render_deployment, "vs-rllib": render_vs_rllib,
     "scaling": render_scaling, "learner-speed": render_learner_speed,
     "learning-v2": learning_report.render_learning_v2, "learning-curves": learning_report.render_learning_curves,
-    "robot-exams": robot_exams_report.render_robot_exams,
+    "robot-exams": robot_exams_report.render_robot_exams, "sweep": sweep_report.render_sweep,
 }
 # Tables that read another table's JSON: `learning-curves` (and `learning-curves-SUFFIX`) read
 # results/learning-v2.json (results/learning-v2-SUFFIX.json).

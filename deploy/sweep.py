@@ -412,7 +412,8 @@ def summarize(records: list[dict]) -> list[dict]:
     out = []
     for point, runs in groups.items():
         names = sorted({n for r in runs for n in r["baselines"]})
-        out.append({"point": json.loads(point), "seeds": sorted(r["seed"] for r in runs),
+        out.append({"point": json.loads(point), "algorithm": runs[0].get("algorithm"),
+                    "seeds": sorted(r["seed"] for r in runs),
                     "env_steps": runs[0]["env_steps"], "rounds": rounds(runs),
                     "baselines": {n: rounds([r["baselines"][n] for r in runs]) for n in names
                                   if all(n in r["baselines"] for r in runs)}})

@@ -134,11 +134,12 @@ class Delivery:
 class Reporter:
     """What `fleet run` uses: append every episode to the spool, flush now and then, never raise, warn once."""
 
-    def __init__(self, spool: Spool, uri: str | None = None, flush_every_s: float = 5.0, warn=print):
+    def __init__(self, spool: Spool, uri: str | None = None, flush_every_s: float = 5.0, retry_after_s: float = 60.0,
+                 warn=print):
         self.spool, self.warn = spool, warn
         self.delivery = Delivery(spool, uri)
-        self.flush_every_s = flush_every_s
-        self.delivered = self.failures = 0
+        self.flush_every_s, self.retry_after_s = flush_every_s, retry_after_s  # after a failure: wait longer
+        self.delivered = self.failures = 0  # failures: in a row
         self.warned: set[str] = set()
         self._last = 0.0
 
@@ -156,13 +157,14 @@ class Reporter:
             self._warn_once("spool", f"telemetry: cannot write the spool {self.spool.path}: {exc}; episodes "
                                      "are not recorded")
             return
-        if time.monotonic() - self._last >= self.flush_every_s:
+        if time.monotonic() - self._last >= (self.retry_after_s if self.failures else self.flush_every_s):
             self.flush()
 
     def flush(self) -> None:
         self._last = time.monotonic()
         try:
             self.delivered += self.delivery.flush()
+            self.failures = 0
         except Exception as exc:  # tracking down, refused, anything: the spool keeps the records
             self.failures += 1
             self._warn_once("tracking", f"telemetry: tracking server {_public(self.delivery.uri)} not reachable "

@@ -160,3 +160,18 @@ def test_server_outage_and_a_killed_robot_deliver_every_episode_exactly_once(tmp
         assert sorted(steps) == sorted(e["record"]["index"] for e in entries)
     finally:
         stop_server(server)
+
+
+def test_an_invalid_record_is_skipped_and_counted_never_crashing_the_robot_loop(tmp_path, monkeypatch, capsys):
+    import deploy.telemetry_spool
+    from tests.fakes import make_policy_dir
+
+    policy = make_policy_dir(tmp_path / "policy", horizon=6)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(deploy.telemetry_spool, "percentile", lambda values, q: float("nan"))  # a broken figure
+    assert main(["run", str(policy), "--robot", "sim:kuka-0", "--episodes", "3", "--telemetry-dir",
+                 str(tmp_path / "spool"), "--json", *TASK]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert len(out["episodes"]) == 3 and out["telemetry"]["rejected"] == 3 and out["telemetry"]["pending"] == 0
+    assert captured.err.count("failed validation") == 1

@@ -93,6 +93,8 @@ class RobotRuntime:
         self._keep_context = False
         self._belief_mode: str | None = None  # belief: None (trials as usual), "prior" or "adapted" (see adapt)
         self._adapted: dict | None = None  # belief: the trial snapshot the context episodes left
+        self.last_latencies_ms: list[float] = []  # the last episode's step latencies (act: policy + safety), ms
+        self.last_success_defined = False
 
     @property
     def families(self) -> list[str]:
@@ -181,9 +183,11 @@ class RobotRuntime:
         before = dict(self.safety.counters)
         obs = robot.reset(task=self.task, seed=seed)
         _emit_frame(robot, on_frame)
-        total, steps, step = 0.0, 0, None
+        total, steps, step, latencies = 0.0, 0, None, []
         while steps < max_steps:
+            started = time.perf_counter()
             action, info = self.act(obs)
+            latencies.append(time.perf_counter() - started)
             step = robot.act(action)
             steps += 1
             total += float(step.reward) if math.isfinite(step.reward) else 0.0
@@ -195,6 +199,8 @@ class RobotRuntime:
         counters = {k: self.safety.counters[k] - before[k] for k in ("safe_stops", "clipped", "rate_limited")}
         success = bool(step is not None and step.info.get("success", False))
         trial = {"trial_episode": self.driver.episodes_in_trial} if self.driver.recurrent else {}
+        self.last_latencies_ms = [1e3 * s for s in latencies]  # schema check + policy + safety filter, per step
+        self.last_success_defined = step is not None and "success" in step.info  # the family reports success
         return {"return": total, "steps": steps, "success": success, "done": bool(step is not None and step.done),
                 **trial, **counters}
 

@@ -176,21 +176,57 @@ def cmd_status(args) -> int:
 
     client = _client()
     models = fleet_models(client, args.models)
-    rows = fleet_status(client, models)
+    rows = with_live_figures(client, fleet_status(client, models), models if args.models else None)
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
     if not rows:
         print("no aliases set" + (f" on {', '.join(models)}" if models else " (no registered models)"))
         return EXIT_OK
-    header = ("MODEL", "ALIAS", "ROBOT", "VERSION", "PARENT", "GAIN", "MOVED (UTC)", "BY", "WHY")
-    table = [header] + [(r["model"], f"@{r['alias']}", r["robot"] or "-", f"v{r['version']}", r["parent"] or "-",
-                         "-" if r["gain"] is None else f"{r['gain']:+.3f}",
-                         r["moved"] or "unrecorded", r["by"] or "-",
+    header = ("MODEL", "ALIAS", "ROBOT", "VERSION", "PARENT", "GAIN", "EPISODES/1H", "SUCCESS", "RETURN",
+              "INTERVENTIONS", "LAST SEEN (UTC)", "MOVED (UTC)", "BY", "WHY")
+    table = [header] + [(r["model"], f"@{r['alias']}" if r["alias"] else "-", r["robot"] or "-", f"v{r['version']}",
+                         r["parent"] or "-", "-" if r["gain"] is None else f"{r['gain']:+.3f}",
+                         *_live_cells(r.get("live")), r["moved"] or ("unrecorded" if r["alias"] else "-"),
+                         r["by"] or "-",
                          (f"[v{r['pending']} recorded, alias not moved: run that command again] "
-                          if r["pending"] else "") + (r["why"] or "moved outside fleet history")) for r in rows]
+                          if r["pending"] else "") + (r["why"] or ("moved outside fleet history" if r["alias"]
+                                                                   else "reports telemetry, no robot alias")))
+                        for r in rows]
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header) - 1)]
     for row in table:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
     return EXIT_OK
 
+
+def with_live_figures(client, rows: list[dict], models: list[str] | None) -> list[dict]:
+    """Each robot row gains ``live``: what that robot reported for that version (``deploy.telemetry``); robots
+    that report a model's version without a robot alias on it get a row of their own (``alias`` None)."""
+    from deploy.telemetry import robot_figures
+
+    try:
+        figures = robot_figures(client, models)
+    except Exception as exc:  # telemetry is extra: the alias table still prints
+        print(f"fleet: warning: no live figures: {str(exc).splitlines()[0] if str(exc) else exc!r}", file=sys.stderr)
+        figures = []
+    by_key = {(f["model"], f["robot"], f["version"]): f for f in figures}
+    out = []
+    for row in rows:
+        live = by_key.pop((row["model"], row["robot"], row["version"]), None) if row["robot"] else None
+        out.append({**row, "live": live})
+    for f in by_key.values():
+        out.append({"model": f["model"], "alias": None, "robot": f["robot"], "version": f["version"], "parent": None,
+                    "gain": None, "return_before": None, "return_after": None, "recorded": False, "moved": None,
+                    "by": None, "why": None, "gate": None, "pending": None, "live": f})
+    return out
+
+
+def _live_cells(live: dict | None) -> tuple[str, ...]:
+    if not live:
+        return ("-",) * 5
+
+    def pm(mean, se):
+        return "-" if mean is None else f"{mean:.3f}" + ("" if se is None else f" ± {se:.3f}")
+
+    return (str(live["episodes_1h"]), pm(live["success"], live["success_stderr"]),
+            pm(live["return"], live["return_stderr"]), str(live["interventions"]), live["last_seen"] or "-")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from metafleet.args import EXIT_OK, bad_input, parse_task
+from metafleet.args import EXIT_FAILED, EXIT_OK, bad_input, parse_task
 from metafleet.registry_errors import explain, registry_command
 
 
@@ -33,8 +33,19 @@ def add_parsers(sub) -> None:
     add_episode_args(adapt, "support episodes per adaptation step", cmd_adapt)
 
     promote = sub.add_parser("promote", help="move an alias to a version if it evaluates better (a gate)")
-    promote.add_argument("model", help="registered model name")
-    promote.add_argument("--version", required=True, help="candidate version")
+    promote.add_argument("model", help="registered model name; with --canary: the candidate, models:/NAME@ALIAS or "
+                                       "models:/NAME/VERSION")
+    promote.add_argument("--version", help="candidate version (required without --canary)")
+    promote.add_argument("--canary", metavar="ROBOT[,ROBOT...]",
+                         help="canary rollout: move only these robots' aliases (models:/NAME@robot-ID) to the "
+                              "candidate, wait for --episodes episodes they report (`fleet run` telemetry), then "
+                              "promote to --alias and every robot, or roll the canaries back")
+    promote.add_argument("--gate", metavar="METRIC>=X",
+                         help="with --canary: what the canaries' reported mean must meet, e.g. success>=0.8 or "
+                              "return>-5 (and not be worse than the current version's on the other robots)")
+    promote.add_argument("--deadline", type=float, default=600.0, metavar="S",
+                         help="with --canary: seconds to wait for the canaries' episodes before rolling them back "
+                              "(default 600)")
     promote.add_argument("--alias", default="production", help="alias to move (default: production)")
     promote.add_argument("--force", action="store_true", help="move the alias whatever the evaluation says")
     promote.add_argument("--tasks", type=int, default=10, help="held-out tasks")
@@ -84,6 +95,11 @@ def cmd_adapt(args) -> int:
 
 
 def cmd_promote(args) -> int:
+    if args.canary is not None or args.gate is not None:
+        return cmd_canary(args)
+    if args.version is None:
+        return bad_input("fleet promote: --version is required (or --canary ROBOT[,ROBOT...] --gate METRIC>=X for "
+                         "a canary rollout)")
     from deploy.promote import GateEvaluation, promote
     from deploy.registry import RegistryError
     from learner.config import ConfigError
@@ -101,6 +117,43 @@ def cmd_promote(args) -> int:
         verdict = "promoted" if decision.promoted else "not promoted"
         print(f"models:/{args.model}/{args.version} {verdict} to @{args.alias}: {decision.reason}")
     return EXIT_OK
+
+
+def cmd_canary(args) -> int:
+    """``fleet promote models:/NAME@candidate --canary R1,R2 --gate success>=X --episodes N``: see deploy/canary.py.
+    Every check (gate, robots, episodes) before the first alias moves; bad input exits 2."""
+    import shlex
+
+    from deploy.canary import CanaryPlan, Gate, check_plan, parse_model_uri
+    from deploy.registry import Registry, RegistryError
+
+    if args.canary is None or args.gate is None:
+        return bad_input("a canary rollout needs both --canary ROBOT[,ROBOT...] and --gate METRIC>=X")
+    if args.version is not None or args.force:
+        return bad_input("--canary takes the candidate as models:/NAME@ALIAS or models:/NAME/VERSION; "
+                         "--version and --force do not apply")
+    try:
+        gate = Gate.parse(args.gate)
+        client = Registry().client
+        model, candidate = parse_model_uri(client, args.model)
+        plan = CanaryPlan(model, candidate, args.alias, [r.strip() for r in args.canary.split(",")], gate,
+                          args.episodes, args.deadline,
+                          command=shlex.join(["fleet", "promote", args.model, "--canary", args.canary, "--gate",
+                                              args.gate, "--episodes", str(args.episodes), "--alias", args.alias]))
+        check_plan(client, plan)
+    except (ValueError, RegistryError) as exc:
+        return bad_input(explain(exc))
+    from deploy.canary import run_canary
+
+    decision = run_canary(client, plan)
+    if args.json:
+        print(json.dumps(decision.to_dict(), indent=2))
+    else:
+        verdict = f"promoted to @{args.alias} and every robot" if decision.promoted else "canaries rolled back"
+        print(f"models:/{model}/{candidate}: {verdict}: {decision.reason}")
+        for m in decision.moves:
+            print(f"  @{m['alias']}: v{m['from']} -> v{m['to']}")
+    return EXIT_OK if decision.promoted else EXIT_FAILED
 
 
 def cmd_pull(args) -> int:

@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 from deploy.connect import TOKEN_ENV, read_token
+from deploy.telemetry_spool import DIR_ENV
 from metafleet.args import EXIT_FAILED, EXIT_OK, BadInput, error, parse_task
 
 GIF_FRAME_MS = 40  # 25 fps: GIF delays are centiseconds and viewers slow anything under 20 ms
@@ -48,6 +49,12 @@ def add_parsers(sub) -> None:
                      help="sim: robots: import the policy's plugin task family MODULE:OBJECT (must match its "
                           "manifest); without it (or ?family= in --robot) a policy's plugin is refused, never "
                           "imported")
+    run.add_argument("--robot-id", metavar="ID",
+                     help="the robot's id in telemetry (default: the sim: robot id, or HOST:PORT of a tcp:// robot)")
+    run.add_argument("--telemetry-dir", metavar="DIR",
+                     help=f"spool for the per-episode telemetry (default: ${DIR_ENV}, else ~/.metafleet/telemetry); "
+                          "delivered to MLflow (experiment 'fleet') when MLFLOW_TRACKING_URI is set and answers")
+    run.add_argument("--no-telemetry", action="store_true", help="record no telemetry")
     run.add_argument("--json", action="store_true", help="print JSON instead of text")
     run.set_defaults(handler=cmd_run)
 
@@ -92,6 +99,7 @@ def cmd_run(args) -> int:
         robot = _connect(args, runtime, task)
     except BadInput as exc:
         return error(str(exc))
+    args.telemetry = _telemetry(args, runtime)
     try:
         run = _run_adapted if args.adapt else _run_episodes
         results, frames = run(args, runtime, robot, task)
@@ -99,6 +107,8 @@ def cmd_run(args) -> int:
         return error(f"run on {args.robot} failed: {exc}", EXIT_FAILED)
     finally:
         robot.close()
+        if args.telemetry is not None:
+            args.telemetry.flush()
     _report(args, runtime, results)
     if args.video:
         try:
@@ -201,12 +211,107 @@ def _run_episodes(args, runtime, robot, task, first_seed: int | None = None, cou
     results = []
     for i in range(count):
         result = runtime.run_episode(robot, task=task, seed=first_seed + i, on_frame=on_frame)
+        _record(args, runtime, result)
         results.append({"episode": i, "seed": first_seed + i, **({"phase": phase} if phase else {}), **result})
         if not args.json:
             label = f"{phase + ' ' if phase else ''}episode {i + 1}/{count}"
             print(_episode_line(label, result) + (f"  trial episode {result['trial_episode']}"
                                                   if runtime.driver.recurrent else ""), flush=True)
     return results, frames
+
+
+def _telemetry(args, runtime):
+    """The episode reporter of this run (spool + MLflow delivery when a tracking URI is set), or None."""
+    if args.no_telemetry:
+        return None
+    from deploy.telemetry_spool import Spool
+
+    try:
+        spool = Spool(args.telemetry_dir)
+    except OSError as exc:
+        print(f"fleet: warning: telemetry off: cannot create the spool: {exc}", file=sys.stderr)
+        return None
+    args.identity = _identity(args, runtime)
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        from deploy.telemetry import Reporter
+
+        return Reporter(spool, os.environ["MLFLOW_TRACKING_URI"], warn=_warn)
+    return _SpoolOnly(spool)
+
+
+class _SpoolOnly:
+    """No tracking URI: the episodes wait in the spool (`fleet run` with MLFLOW_TRACKING_URI set delivers them)."""
+
+    def __init__(self, spool):
+        self.spool, self.warned = spool, False
+
+    def record(self, record: dict) -> None:
+        try:
+            if self.spool.append(record) is None and not self.warned:
+                self.warned = True
+                _warn("telemetry: an episode record failed validation and was skipped")
+        except OSError as exc:
+            if not self.warned:
+                self.warned = True
+                _warn(f"telemetry: cannot write the spool {self.spool.path}: {exc}")
+
+    def flush(self) -> None:
+        pass
+
+    def summary(self) -> dict:
+        pending = self.spool.pending()
+        return {"spool": str(self.spool.directory), "delivered": 0, "pending": len(pending.entries),
+                "skipped_lines": pending.skipped, "rejected": self.spool.rejected}
+
+
+def _warn(text: str) -> None:
+    print(f"fleet: warning: {text}", file=sys.stderr, flush=True)
+
+
+def _identity(args, runtime) -> dict:
+    """Robot id, model name, version and content digest of this run (the pull record's, where `fleet pull` made
+    the directory)."""
+    from urllib.parse import urlsplit
+
+    try:
+        pulled = json.loads((Path(args.policy_dir) / "pull.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pulled = {}
+    pulled = pulled if isinstance(pulled, dict) else {}
+    if args.robot_id:
+        robot = args.robot_id
+    elif args.robot.startswith("tcp://"):
+        parts = urlsplit(args.robot)
+        robot = f"{parts.hostname}:{parts.port}"
+    else:
+        robot = args.robot[len("sim:"):].partition("?")[0]
+    return {"robot": robot, "model": str(pulled.get("name") or runtime.manifest.get("name")
+                                         or Path(args.policy_dir).resolve().name),
+            "version": str(pulled.get("version") or runtime.policy.version),
+            "digest": str(runtime.manifest.get("content_sha256") or "unknown"),
+            "family": runtime.family if isinstance(runtime.family, str) else None}
+
+
+def _record(args, runtime, result: dict) -> None:
+    """One episode to the telemetry spool; whatever goes wrong, the robot loop goes on."""
+    import time
+
+    from deploy.telemetry_spool import percentile
+
+    reporter = getattr(args, "telemetry", None)
+    if reporter is None:
+        return
+    try:
+        latencies = runtime.last_latencies_ms
+        record = {**args.identity, "time": time.time(), "return": result["return"], "length": result["steps"],
+                  "success": result["success"] if runtime.last_success_defined else None,
+                  "safe_stops": result["safe_stops"], "clipped": result["clipped"],
+                  "rate_limited": result["rate_limited"], "latency_p50_ms": percentile(latencies, 50),
+                  "latency_p99_ms": percentile(latencies, 99)}
+    except (KeyError, TypeError, AttributeError) as exc:
+        _warn(f"telemetry: cannot build the episode record: {exc!r}")
+        return
+    reporter.record(record)
 
 
 def _run_adapted(args, runtime, robot, task) -> tuple[list[dict], list]:
@@ -283,6 +388,8 @@ def _report(args, runtime, results: list[dict]) -> None:
             out["z_from"] = "posterior" if runtime.driver.posterior is not None else "prior"
         if getattr(args, "adaptation", None) is not None:
             out["adaptation"] = args.adaptation
+        if getattr(args, "telemetry", None) is not None:
+            out["telemetry"] = args.telemetry.summary()
         print(json.dumps(out, indent=2))
     else:
         print(f"mean return {mean_return:.3f} over {len(results)} episode(s), success rate {success_rate:.2f}")

@@ -17,6 +17,16 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def telemetry_dir(tmp_path_factory, monkeypatch):
+    """`fleet run` spools its telemetry here, never under the user's ~/.metafleet (created on first use)."""
+    import uuid
+
+    path = tmp_path_factory.getbasetemp() / f"telemetry-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("METAFLEET_TELEMETRY_DIR", str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """A real local Ray bound to 127.0.0.1, shared by the session's integration tests."""

@@ -108,7 +108,9 @@ class Delivery:
 
     def flush(self) -> int:
         if not reachable(self.uri):
-            raise ConnectionError(f"tracking server {_public(self.uri)} does not accept connections")
+            from learner.tracking import public_uri  # only on this error path: `fleet run` stays light
+
+            raise ConnectionError(f"tracking server {public_uri(self.uri)} does not accept connections")
         from mlflow.entities import Metric
 
         pending = self.spool.pending()
@@ -167,7 +169,9 @@ class Reporter:
             self.failures = 0
         except Exception as exc:  # tracking down, refused, anything: the spool keeps the records
             self.failures += 1
-            self._warn_once("tracking", f"telemetry: tracking server {_public(self.delivery.uri)} not reachable "
+            from learner.tracking import public_uri
+
+            self._warn_once("tracking", f"telemetry: tracking server {public_uri(self.delivery.uri)} not reachable "
                                         f"({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}); "
                                         f"episodes stay in {self.spool.directory} until it is")
 
@@ -181,13 +185,6 @@ def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
-def _public(uri: str) -> str:
-    """``uri`` without credentials."""
-    parts = urllib.parse.urlsplit(uri)
-    if not parts.hostname or "@" not in parts.netloc:
-        return uri
-    host = parts.hostname + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 # ------------------------------------------------------------------------------------------- reading back

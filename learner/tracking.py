@@ -291,3 +291,12 @@ def find_checkpoint(uri: str, run_id: str, local_dir: Path) -> LoadedCheckpoint 
             return None
         found = load_newest(remote, digests, where)
     return found
+
+
+def public_uri(uri: str) -> str:
+    """``uri`` without a user name or password in it (``http://user:pw@host`` -> ``http://host``)."""
+    parts = urllib.parse.urlsplit(uri)
+    if not parts.hostname or "@" not in parts.netloc:
+        return uri
+    host = parts.hostname + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))

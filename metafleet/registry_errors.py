@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import os
-import urllib.parse
 
 from metafleet.args import EXIT_FAILED, bad_input, error
 
@@ -66,7 +65,7 @@ def explain(exc: BaseException) -> str:
 
 def registry_message(exc) -> str:
     """One line for an MLflow failure: the server (without credentials), what happened, what to check."""
-    from learner.tracking import resolve_tracking_uri
+    from learner.tracking import public_uri, resolve_tracking_uri
 
     server, text = public_uri(resolve_tracking_uri()), str(getattr(exc, "message", exc)).splitlines()[0]
     if "timed out" in text.lower() or "timeout" in text.lower():
@@ -92,10 +91,3 @@ def _http_status(exc, text: str) -> int | None:
         return None
 
 
-def public_uri(uri: str) -> str:
-    """``uri`` without a user name or password in it (``http://user:pw@host`` -> ``http://host``)."""
-    parts = urllib.parse.urlsplit(uri)
-    if not parts.hostname or "@" not in parts.netloc:
-        return uri
-    host = parts.hostname + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))

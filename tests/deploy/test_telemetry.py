@@ -7,7 +7,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ import pytest
 from deploy.telemetry import EXPERIMENT, Delivery
 from deploy.telemetry_spool import Spool
 from metafleet.cli import main
+from tests.mlflow_server import start_server, stop_server
 
 ROOT = Path(__file__).resolve().parents[2]
 TASK = ["--task", "goal=[0.6, 0.1, 0.4]"]
@@ -83,33 +83,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def start_server(port: int, root: Path) -> subprocess.Popen:
-    with open(root / "server.log", "ab") as server_log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{root}/db.sqlite", "--artifacts-destination", str(root / "art")],
-            stdout=subprocess.DEVNULL, stderr=server_log, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
-                if response.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.2)
-    stop_server(proc)
-    raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def fleet_run(policy: Path, spool: Path, uri: str, episodes: int) -> subprocess.Popen:

@@ -5,18 +5,14 @@ Fast tests inject the fault by making the client's delivery call raise; the slow
 """
 
 import logging
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
-import urllib.request
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from learner.tracking import Tracker
+from tests.mlflow_server import start_server, stop_server
 
 
 class Outage:
@@ -130,33 +126,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def start_server(port: int, root) -> subprocess.Popen:
-    with open(root / "server.log", "ab") as server_log:  # the child keeps its own descriptor
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{root}/db.sqlite", "--artifacts-destination", str(root / "art")],
-            stdout=subprocess.DEVNULL, stderr=server_log, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
-                if response.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.2)
-    stop_server(proc)
-    raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)  # the server's own process group (start_new_session)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 @pytest.mark.slow
